@@ -1,0 +1,276 @@
+//! Protocol detection: decides from a connection's first bytes (or from the Service port's
+//! declaration) whether to speak HTTP/1, HTTP/2 or copy opaque bytes.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+/// How the proxy handles a connection's bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Protocol {
+    Http1,
+    Http2,
+    /// Opaque bytes, copied both ways. Includes the app's own TLS.
+    Tcp,
+}
+
+impl Protocol {
+    /// Maps a Kubernetes `appProtocol` value; `None` for a value Skiff does not know.
+    pub fn from_app_protocol(value: &str) -> Option<Protocol> {
+        match value.to_ascii_lowercase().as_str() {
+            "http" | "http1" | "kubernetes.io/ws" => Some(Protocol::Http1),
+            "http2" | "h2c" | "kubernetes.io/h2c" | "grpc" | "grpc-web" => Some(Protocol::Http2),
+            "tcp" | "tls" | "https" | "kubernetes.io/wss" | "mongo" | "mysql" | "redis"
+            | "postgres" | "postgresql" => Some(Protocol::Tcp),
+            _ => None,
+        }
+    }
+}
+
+/// What the proxy does before touching the bytes of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// The port declares its protocol; no bytes are read first.
+    Declared(Protocol),
+    /// A server-speaks-first port: waiting for the client would stall it, so copy opaquely.
+    ServerFirst,
+    /// Read the first bytes and decide.
+    Detect,
+}
+
+/// Ports treated as opaque without waiting for the client: protocols where the server speaks
+/// first (SMTP 25/587, MySQL, NATS) and binary database protocols that gain nothing from
+/// detection (PostgreSQL, Redis, memcached, MongoDB), as in Linkerd's default opaque ports.
+pub const SERVER_FIRST_PORTS: [u16; 8] = [25, 587, 3306, 4222, 5432, 6379, 11211, 27017];
+
+/// Decides how to treat a connection to `port` whose Service declares `declared`.
+pub fn decide(declared: Option<Protocol>, port: u16, server_first_ports: &[u16]) -> Decision {
+    match declared {
+        Some(protocol) => Decision::Declared(protocol),
+        None if server_first_ports.contains(&port) => Decision::ServerFirst,
+        None => Decision::Detect,
+    }
+}
+
+/// The HTTP/2 connection preface a prior-knowledge client sends first.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Longest method token we wait for before calling the bytes opaque.
+const MAX_METHOD_LEN: usize = 16;
+
+/// The outcome of looking at the bytes read so far.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Known(Protocol),
+    NeedMore,
+}
+
+fn classify(bytes: &[u8]) -> Verdict {
+    if bytes.is_empty() {
+        return Verdict::NeedMore;
+    }
+    let common = bytes.len().min(H2_PREFACE.len());
+    if bytes[..common] == H2_PREFACE[..common] {
+        return if common == H2_PREFACE.len() {
+            Verdict::Known(Protocol::Http2)
+        } else {
+            Verdict::NeedMore
+        };
+    }
+    // A TLS ClientHello (record type 22, version 3.x) is the app's own TLS: opaque.
+    if bytes[0] == 0x16 {
+        return Verdict::Known(Protocol::Tcp);
+    }
+    // An HTTP/1 request line starts with a method token (RFC 9110 token characters; in
+    // practice upper-case letters) followed by a space.
+    let method_len = bytes
+        .iter()
+        .take_while(|b| b.is_ascii_uppercase() || **b == b'-' || **b == b'_')
+        .count();
+    match bytes.get(method_len) {
+        Some(b' ') if method_len > 0 => Verdict::Known(Protocol::Http1),
+        None if method_len <= MAX_METHOD_LEN => Verdict::NeedMore,
+        _ => Verdict::Known(Protocol::Tcp),
+    }
+}
+
+/// Reads from `io` until the protocol is known, the peer stops sending (EOF) or `timeout`
+/// passes. Returns the protocol and the bytes read, which must be replayed (see [`Rewind`]).
+pub async fn detect<T: AsyncRead + Unpin>(
+    io: &mut T,
+    timeout: Duration,
+) -> io::Result<(Protocol, Bytes)> {
+    let mut buffer = BytesMut::with_capacity(1024);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match classify(&buffer) {
+            Verdict::Known(protocol) => return Ok((protocol, buffer.freeze())),
+            Verdict::NeedMore => {}
+        }
+        let read = tokio::time::timeout_at(deadline, io.read_buf(&mut buffer)).await;
+        match read {
+            Ok(Ok(0)) | Err(_) => return Ok((Protocol::Tcp, buffer.freeze())),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
+        }
+        if buffer.len() >= H2_PREFACE.len().max(MAX_METHOD_LEN + 1)
+            && classify(&buffer) == Verdict::NeedMore
+        {
+            return Ok((Protocol::Tcp, buffer.freeze()));
+        }
+    }
+}
+
+/// A stream that first replays bytes already read (during detection), then reads from the
+/// inner stream. Writes go straight through.
+pub struct Rewind<T> {
+    prefix: Bytes,
+    inner: T,
+}
+
+impl<T> Rewind<T> {
+    pub fn new(prefix: Bytes, inner: T) -> Self {
+        Rewind { prefix, inner }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[test]
+    fn classifies_first_bytes() {
+        let table: &[(&[u8], Verdict)] = &[
+            (b"GET / HTTP/1.1\r\n", Verdict::Known(Protocol::Http1)),
+            (b"POST /x HTTP/1.1\r\n", Verdict::Known(Protocol::Http1)),
+            (b"M-SEARCH * HTTP/1.1", Verdict::Known(Protocol::Http1)),
+            (b"GE", Verdict::NeedMore),
+            (
+                b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+                Verdict::Known(Protocol::Http2),
+            ),
+            (b"PRI * HTTP/2", Verdict::NeedMore),
+            (b"PRI * HTTP/1.1\r\n", Verdict::Known(Protocol::Http1)),
+            (b"\x16\x03\x01\x02\x00", Verdict::Known(Protocol::Tcp)),
+            (
+                b"\x00\x00\x00\x08\x04\xd2\x16\x2f",
+                Verdict::Known(Protocol::Tcp),
+            ),
+            (b"get / HTTP/1.1", Verdict::Known(Protocol::Tcp)),
+            (b"*3\r\n$3\r\nSET\r\n", Verdict::Known(Protocol::Tcp)),
+            (b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", Verdict::Known(Protocol::Tcp)),
+            (b" GET", Verdict::Known(Protocol::Tcp)),
+        ];
+        for (bytes, verdict) in table {
+            assert_eq!(
+                &classify(bytes),
+                verdict,
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+    }
+
+    #[test]
+    fn declared_protocol_wins_then_server_first_ports() {
+        assert_eq!(
+            decide(Some(Protocol::Http2), 5432, &SERVER_FIRST_PORTS),
+            Decision::Declared(Protocol::Http2)
+        );
+        assert_eq!(
+            decide(None, 5432, &SERVER_FIRST_PORTS),
+            Decision::ServerFirst
+        );
+        assert_eq!(decide(None, 8080, &SERVER_FIRST_PORTS), Decision::Detect);
+        assert_eq!(
+            Protocol::from_app_protocol("kubernetes.io/h2c"),
+            Some(Protocol::Http2)
+        );
+        assert_eq!(Protocol::from_app_protocol("HTTP"), Some(Protocol::Http1));
+        assert_eq!(Protocol::from_app_protocol("smoke-signals"), None);
+    }
+
+    #[tokio::test]
+    async fn detection_replays_what_it_read() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (protocol, prefix) = detect(&mut server, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(protocol, Protocol::Http1);
+        let mut replay = Rewind::new(prefix, server);
+        drop(client);
+        let mut all = String::new();
+        replay.read_to_string(&mut all).await.unwrap();
+        assert_eq!(all, "GET /a HTTP/1.1\r\nHost: x\r\n\r\n");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_is_opaque_after_the_timeout() {
+        let (_client, mut server) = tokio::io::duplex(1024);
+        let (protocol, prefix) = detect(&mut server, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(protocol, Protocol::Tcp);
+        assert!(prefix.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_partial_preface_that_stalls_is_opaque() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        client.write_all(b"PRI * HT").await.unwrap();
+        let (protocol, prefix) = detect(&mut server, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(protocol, Protocol::Tcp);
+        assert_eq!(&prefix[..], b"PRI * HT");
+    }
+}

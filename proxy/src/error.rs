@@ -1,0 +1,105 @@
+//! What can go wrong while proxying, classified once so every failure maps to one response
+//! status, one `x-skiff-error` value and one metric label.
+
+use std::io;
+
+/// The closed set of reasons the proxy answers a request itself (DESIGN.md §6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Failure {
+    /// The destination service has no ready endpoint.
+    NoHealthyEndpoint,
+    /// The upstream refused or reset the TCP connection attempt.
+    ConnectFailed,
+    /// The TCP connection attempt did not complete within the connect timeout.
+    ConnectTimeout,
+    /// The upstream connection broke after the request was (possibly) sent.
+    UpstreamReset,
+    /// The upstream answered with something that is not valid HTTP.
+    UpstreamProtocol,
+}
+
+impl Failure {
+    /// Value of the `x-skiff-error` header, the access-log field and the metric label.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Failure::NoHealthyEndpoint => "no-healthy-endpoint",
+            Failure::ConnectFailed => "connect-failed",
+            Failure::ConnectTimeout => "connect-timeout",
+            Failure::UpstreamReset => "upstream-reset",
+            Failure::UpstreamProtocol => "upstream-protocol-error",
+        }
+    }
+
+    /// The status of the response the proxy generates for this failure.
+    pub fn status(self) -> http::StatusCode {
+        match self {
+            Failure::NoHealthyEndpoint | Failure::ConnectFailed => {
+                http::StatusCode::SERVICE_UNAVAILABLE
+            }
+            Failure::ConnectTimeout => http::StatusCode::GATEWAY_TIMEOUT,
+            Failure::UpstreamReset | Failure::UpstreamProtocol => http::StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+/// An upstream connection attempt that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect to {addr} failed")]
+    Refused {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("connect to {addr} timed out after {timeout:?}")]
+    TimedOut {
+        addr: std::net::SocketAddr,
+        timeout: std::time::Duration,
+    },
+    #[error("http handshake with {addr} failed")]
+    Handshake {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+}
+
+impl ConnectError {
+    pub fn failure(&self) -> Failure {
+        match self {
+            ConnectError::Refused { .. } | ConnectError::Handshake { .. } => Failure::ConnectFailed,
+            ConnectError::TimedOut { .. } => Failure::ConnectTimeout,
+        }
+    }
+}
+
+/// Classifies an error from an upstream HTTP exchange.
+pub fn classify_hyper(error: &hyper::Error) -> Failure {
+    if error.is_parse() || error.is_parse_status() {
+        Failure::UpstreamProtocol
+    } else {
+        Failure::UpstreamReset
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_failure_has_a_status_and_a_distinct_flag() {
+        let table = [
+            (Failure::NoHealthyEndpoint, 503),
+            (Failure::ConnectFailed, 503),
+            (Failure::ConnectTimeout, 504),
+            (Failure::UpstreamReset, 502),
+            (Failure::UpstreamProtocol, 502),
+        ];
+        let flags: std::collections::HashSet<_> = table.iter().map(|(f, _)| f.flag()).collect();
+        assert_eq!(flags.len(), table.len());
+        for (failure, status) in table {
+            assert_eq!(failure.status().as_u16(), status, "{failure:?}");
+            assert!(!failure.flag().is_empty());
+        }
+    }
+}

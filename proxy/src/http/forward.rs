@@ -1,0 +1,176 @@
+//! One request, start to finish: pick the upstream, clean the headers, send it on a pooled
+//! connection, and stream the response back (or answer with the reason it failed).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{header, uri, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
+
+use super::client::Upstreams;
+use super::headers::{is_upgrade, strip_hop_by_hop};
+use super::{failure_response, ResponseBody};
+use crate::detect::Protocol;
+use crate::drain::DrainSignal;
+use crate::error::Failure;
+use crate::idle::Activity;
+use crate::metrics::ServiceMetrics;
+use crate::policy::ServiceTarget;
+
+/// Where a connection's requests go.
+pub enum Upstream {
+    /// Outbound to a mesh service: an endpoint is picked for every request.
+    Service(Arc<ServiceTarget>),
+    /// Inbound to the local app, on the pod address and the port the client dialled.
+    Local(SocketAddr),
+}
+
+/// Forwards the requests of one downstream connection.
+pub struct Forwarder {
+    pub upstream: Upstream,
+    /// The HTTP version spoken to the upstream; the same as the downstream's, so h2c and gRPC
+    /// stay HTTP/2 end to end.
+    pub protocol: Protocol,
+    pub upstreams: Arc<Upstreams>,
+    /// Resolved once per connection so a request only touches atomics.
+    pub metrics: Arc<ServiceMetrics>,
+    /// Marks requests in flight so the connection's idle timer waits for slow upstreams.
+    pub activity: Arc<Activity>,
+    /// An upgraded connection (WebSocket) outlives its HTTP exchange and must hold off the
+    /// drain on its own.
+    pub drain: DrainSignal,
+}
+
+impl Forwarder {
+    /// Answers one request. Never fails: a failure becomes a response with `x-skiff-error`.
+    pub async fn forward(&self, request: Request<Incoming>) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let _in_flight = self.activity.request();
+        let response = match self.try_forward(request).await {
+            Ok(response) => response,
+            Err(failure) => {
+                self.metrics.record_failure(failure);
+                failure_response(failure)
+            }
+        };
+        self.metrics
+            .record_response(response.status().as_u16(), started.elapsed());
+        response
+    }
+
+    async fn try_forward(
+        &self,
+        mut request: Request<Incoming>,
+    ) -> Result<Response<ResponseBody>, Failure> {
+        let addr = match &self.upstream {
+            Upstream::Service(target) => {
+                target.pick_endpoint().ok_or(Failure::NoHealthyEndpoint)?
+            }
+            Upstream::Local(addr) => *addr,
+        };
+        let upgrade = request.version() <= Version::HTTP_11 && is_upgrade(request.headers());
+        let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+        strip_hop_by_hop(request.headers_mut(), upgrade);
+        match self.protocol {
+            Protocol::Http2 => {
+                to_absolute_form(&mut request, addr);
+                *request.version_mut() = Version::HTTP_2;
+                let response = self
+                    .upstreams
+                    .send_http2(addr, request)
+                    .await
+                    .map_err(|error| {
+                        tracing::debug!(%addr, error = %error, "upstream http/2 request failed");
+                        error.failure()
+                    })?;
+                Ok(response.map(|body| ResponseBody::upstream(body, None)))
+            }
+            Protocol::Http1 | Protocol::Tcp => {
+                to_origin_form(&mut request);
+                *request.version_mut() = Version::HTTP_11;
+                let (mut response, checkin) = self
+                    .upstreams
+                    .send_http1(addr, request)
+                    .await
+                    .map_err(|error| {
+                        tracing::debug!(%addr, error = %error, "upstream http/1 request failed");
+                        error.failure()
+                    })?;
+                let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+                strip_hop_by_hop(response.headers_mut(), switched);
+                if switched {
+                    if let Some(downstream) = downstream_upgrade {
+                        let upstream = hyper::upgrade::on(&mut response);
+                        tokio::spawn(tunnel(downstream, upstream, self.drain.clone()));
+                    }
+                    // The upstream connection now belongs to the tunnel: never pool it.
+                    return Ok(response.map(|body| ResponseBody::upstream(body, None)));
+                }
+                Ok(response.map(|body| ResponseBody::upstream(body, Some(checkin))))
+            }
+        }
+    }
+}
+
+/// Copies bytes between both sides of an upgraded (e.g. WebSocket) connection.
+async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade, drain: DrainSignal) {
+    let _guard = drain.track_connection();
+    let (downstream, upstream) = match tokio::try_join!(downstream, upstream) {
+        Ok(pair) => pair,
+        Err(error) => {
+            tracing::debug!(%error, "upgrade did not complete");
+            return;
+        }
+    };
+    let mut downstream = TokioIo::new(downstream);
+    let mut upstream = TokioIo::new(upstream);
+    if let Err(error) = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
+        tracing::debug!(%error, "upgraded connection ended");
+    }
+}
+
+/// HTTP/1 upstreams get an origin-form target (`/path?query`) and a `Host` header.
+fn to_origin_form(request: &mut Request<Incoming>) {
+    let uri = request.uri().clone();
+    if let Some(authority) = uri.authority() {
+        if !request.headers().contains_key(header::HOST) {
+            if let Ok(host) = header::HeaderValue::from_str(authority.as_str()) {
+                request.headers_mut().insert(header::HOST, host);
+            }
+        }
+    }
+    if uri.scheme().is_some() || uri.authority().is_some() {
+        let path = uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| uri::PathAndQuery::from_static("/"));
+        *request.uri_mut() = Uri::from(path);
+    }
+}
+
+/// HTTP/2 upstreams need `:scheme` and `:authority`; an HTTP/2 request already has them, and
+/// any gap is filled from `Host` or, failing that, the upstream address.
+fn to_absolute_form(request: &mut Request<Incoming>, addr: SocketAddr) {
+    let uri = request.uri();
+    if uri.scheme().is_some() && uri.authority().is_some() {
+        return;
+    }
+    let authority = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<uri::Authority>().ok())
+        .or_else(|| addr.to_string().parse().ok());
+    let mut parts = uri.clone().into_parts();
+    parts.scheme = Some(uri::Scheme::HTTP);
+    parts.authority = authority;
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(uri::PathAndQuery::from_static("/"));
+    }
+    if let Ok(absolute) = Uri::from_parts(parts) {
+        *request.uri_mut() = absolute;
+    }
+}

@@ -1,0 +1,309 @@
+//! Prometheus metrics of the data path, served on :15020 `/metrics` in the text format.
+//!
+//! Labels are resolved once per connection: a connection asks for the [`ServiceMetrics`] of its
+//! (direction, service) pair, and every request on it then only bumps atomics. Label values
+//! come from the policy (service names) or from closed enums, never from request data.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::error::Failure;
+
+/// Which way the traffic flows relative to this pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+/// Service label for destinations unknown to the mesh.
+pub const PASSTHROUGH: &str = "passthrough";
+/// Service label for inbound traffic to a port no Service of this pod exposes.
+pub const UNKNOWN_SERVICE: &str = "unknown";
+
+/// Upper bounds of the request-duration histogram, in seconds.
+const DURATION_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Status codes 100..=599 get a counter each; anything else is counted as 0.
+const CODES: usize = 600;
+
+/// Every metric of one (direction, service) pair.
+pub struct ServiceMetrics {
+    /// Responses by status code, indexed by code.
+    responses: Box<[AtomicU64]>,
+    /// Responses the proxy generated itself, by failure.
+    failures: Mutex<BTreeMap<&'static str, u64>>,
+    duration_buckets: [AtomicU64; DURATION_BUCKETS.len()],
+    duration_count: AtomicU64,
+    duration_sum_us: AtomicU64,
+    tcp_opened: AtomicU64,
+    tcp_closed: AtomicU64,
+    /// Bytes sent to the downstream peer (towards the connection's originator).
+    tcp_sent: AtomicU64,
+    /// Bytes received from the downstream peer.
+    tcp_received: AtomicU64,
+}
+
+impl ServiceMetrics {
+    fn new() -> Self {
+        ServiceMetrics {
+            responses: (0..CODES).map(|_| AtomicU64::new(0)).collect(),
+            failures: Mutex::default(),
+            duration_buckets: Default::default(),
+            duration_count: AtomicU64::new(0),
+            duration_sum_us: AtomicU64::new(0),
+            tcp_opened: AtomicU64::new(0),
+            tcp_closed: AtomicU64::new(0),
+            tcp_sent: AtomicU64::new(0),
+            tcp_received: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one HTTP response: its status and the time until its headers.
+    pub fn record_response(&self, status: u16, elapsed: Duration) {
+        let index = if (100..CODES as u16).contains(&status) {
+            status as usize
+        } else {
+            0
+        };
+        self.responses[index].fetch_add(1, Ordering::Relaxed);
+        let seconds = elapsed.as_secs_f64();
+        if let Some(bucket) = DURATION_BUCKETS.iter().position(|bound| seconds <= *bound) {
+            self.duration_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        }
+        self.duration_count.fetch_add(1, Ordering::Relaxed);
+        self.duration_sum_us
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Records a response the proxy made itself.
+    pub fn record_failure(&self, failure: Failure) {
+        let mut failures = self
+            .failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *failures.entry(failure.flag()).or_default() += 1;
+    }
+
+    pub fn tcp_opened(&self) {
+        self.tcp_opened.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn tcp_closed(&self, sent: u64, received: u64) {
+        self.tcp_closed.fetch_add(1, Ordering::Relaxed);
+        self.tcp_sent.fetch_add(sent, Ordering::Relaxed);
+        self.tcp_received.fetch_add(received, Ordering::Relaxed);
+    }
+}
+
+/// All metrics of one proxy. Built once and passed to whoever records.
+#[derive(Default)]
+pub struct Metrics {
+    services: Mutex<BTreeMap<(Direction, Arc<str>), Arc<ServiceMetrics>>>,
+}
+
+impl Metrics {
+    /// The metrics of one (direction, service) pair; called once per connection.
+    pub fn service(&self, direction: Direction, service: &str) -> Arc<ServiceMetrics> {
+        let mut services = self
+            .services
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(found) = services.get(&(direction, Arc::from(service))) {
+            return found.clone();
+        }
+        let created = Arc::new(ServiceMetrics::new());
+        services.insert((direction, Arc::from(service)), created.clone());
+        created
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let services: Vec<_> = {
+            let services = self
+                .services
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            services
+                .iter()
+                .map(|((d, s), m)| (*d, s.clone(), m.clone()))
+                .collect()
+        };
+        let mut out = String::with_capacity(4096);
+        let label = |d: Direction, s: &str| {
+            format!("direction=\"{}\",service=\"{}\"", d.as_str(), escape(s))
+        };
+
+        header(
+            &mut out,
+            "skiff_requests_total",
+            "counter",
+            "HTTP responses sent downstream, by status code.",
+        );
+        for (direction, service, m) in &services {
+            for (code, count) in m.responses.iter().enumerate() {
+                let count = count.load(Ordering::Relaxed);
+                if count > 0 {
+                    let _ = writeln!(
+                        out,
+                        "skiff_requests_total{{{},code=\"{code}\"}} {count}",
+                        label(*direction, service)
+                    );
+                }
+            }
+        }
+        header(
+            &mut out,
+            "skiff_proxy_errors_total",
+            "counter",
+            "Responses the proxy generated itself, by reason (the x-skiff-error value).",
+        );
+        for (direction, service, m) in &services {
+            let failures = m
+                .failures
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clone();
+            for (reason, count) in failures {
+                let _ = writeln!(
+                    out,
+                    "skiff_proxy_errors_total{{{},reason=\"{reason}\"}} {count}",
+                    label(*direction, service)
+                );
+            }
+        }
+        header(
+            &mut out,
+            "skiff_request_duration_seconds",
+            "histogram",
+            "Time from receiving a request to sending its response headers.",
+        );
+        for (direction, service, m) in &services {
+            let count = m.duration_count.load(Ordering::Relaxed);
+            if count == 0 {
+                continue;
+            }
+            let labels = label(*direction, service);
+            let mut cumulative = 0;
+            for (bound, bucket) in DURATION_BUCKETS.iter().zip(&m.duration_buckets) {
+                cumulative += bucket.load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "skiff_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "skiff_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}"
+            );
+            let sum = m.duration_sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+            let _ = writeln!(out, "skiff_request_duration_seconds_sum{{{labels}}} {sum}");
+            let _ = writeln!(
+                out,
+                "skiff_request_duration_seconds_count{{{labels}}} {count}"
+            );
+        }
+        let tcp: [(&str, &str, fn(&ServiceMetrics) -> &AtomicU64); 4] = [
+            (
+                "skiff_tcp_connections_opened_total",
+                "TCP connections accepted.",
+                |m| &m.tcp_opened,
+            ),
+            (
+                "skiff_tcp_connections_closed_total",
+                "TCP connections closed.",
+                |m| &m.tcp_closed,
+            ),
+            (
+                "skiff_tcp_sent_bytes_total",
+                "Bytes sent to the downstream peer, counted when a connection closes.",
+                |m| &m.tcp_sent,
+            ),
+            (
+                "skiff_tcp_received_bytes_total",
+                "Bytes received from the downstream peer, counted when a connection closes.",
+                |m| &m.tcp_received,
+            ),
+        ];
+        for (name, help, field) in tcp {
+            header(&mut out, name, "counter", help);
+            for (direction, service, m) in &services {
+                let value = field(m).load(Ordering::Relaxed);
+                let _ = writeln!(out, "{name}{{{}}} {value}", label(*direction, service));
+            }
+        }
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Escapes a label value for the text format.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_requests_histogram_and_tcp_counters() {
+        let metrics = Metrics::default();
+        let echo = metrics.service(Direction::Outbound, "shop/echo");
+        echo.record_response(200, Duration::from_millis(3));
+        echo.record_response(200, Duration::from_millis(30));
+        echo.record_response(503, Duration::from_millis(1));
+        echo.record_failure(Failure::NoHealthyEndpoint);
+        echo.tcp_opened();
+        echo.tcp_closed(10, 20);
+        assert!(Arc::ptr_eq(
+            &echo,
+            &metrics.service(Direction::Outbound, "shop/echo")
+        ));
+
+        let text = metrics.render();
+        let expect = [
+            "skiff_requests_total{direction=\"outbound\",service=\"shop/echo\",code=\"200\"} 2",
+            "skiff_requests_total{direction=\"outbound\",service=\"shop/echo\",code=\"503\"} 1",
+            "skiff_proxy_errors_total{direction=\"outbound\",service=\"shop/echo\",reason=\"no-healthy-endpoint\"} 1",
+            "skiff_request_duration_seconds_bucket{direction=\"outbound\",service=\"shop/echo\",le=\"0.005\"} 2",
+            "skiff_request_duration_seconds_bucket{direction=\"outbound\",service=\"shop/echo\",le=\"+Inf\"} 3",
+            "skiff_request_duration_seconds_count{direction=\"outbound\",service=\"shop/echo\"} 3",
+            "skiff_tcp_connections_opened_total{direction=\"outbound\",service=\"shop/echo\"} 1",
+            "skiff_tcp_sent_bytes_total{direction=\"outbound\",service=\"shop/echo\"} 10",
+            "skiff_tcp_received_bytes_total{direction=\"outbound\",service=\"shop/echo\"} 20",
+        ];
+        for line in expect {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c"), "a\\\"b\\\\c");
+    }
+}

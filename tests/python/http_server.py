@@ -1,0 +1,114 @@
+"""HTTP/1.1 test server for the skiff end-to-end tests.
+
+Routes:
+  GET  /slow?secs=3   logs "slow request started", waits, then answers 200 with a known body
+                      (SLOW_BODY_LINE repeated SLOW_BODY_REPEAT times)
+  PUT|POST /upload    streams the request body (chunked or Content-Length) and answers
+                      {"received": N}; memory does not grow with the body
+  anything else       echoes method, path, Host header, request headers and body size as JSON
+Every response names the server (--name) so tests can tell backends apart.
+"""
+
+import argparse
+import json
+import sys
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+SLOW_BODY_LINE = b"skiff-slow-response-line\n"
+SLOW_BODY_REPEAT = 4000
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "skiff-test-http"
+
+    def log_message(self, fmt, *args):
+        sys.stderr.write("%s %s\n" % (self.address_string(), fmt % args))
+
+    def read_body(self):
+        """Reads the whole request body in bounded pieces and returns its size."""
+        total = 0
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            while True:
+                line = self.rfile.readline(65537)
+                if not line:
+                    raise ConnectionError("eof inside chunked body")
+                size = int(line.split(b";", 1)[0].strip(), 16)
+                if size == 0:
+                    # Trailers until the empty line.
+                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass
+                    return total
+                remaining = size
+                while remaining:
+                    piece = self.rfile.read(min(remaining, 65536))
+                    if not piece:
+                        raise ConnectionError("eof inside chunk")
+                    remaining -= len(piece)
+                    total += len(piece)
+                self.rfile.readline(3)
+        length = int(self.headers.get("Content-Length", "0") or 0)
+        while total < length:
+            piece = self.rfile.read(min(length - total, 65536))
+            if not piece:
+                raise ConnectionError("eof inside body")
+            total += len(piece)
+        return total
+
+    def reply(self, status, body, content_type="application/json"):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Served-By", self.server.name)
+        self.end_headers()
+        self.wfile.write(body)
+        self.wfile.flush()
+
+    def handle_any(self):
+        url = urllib.parse.urlsplit(self.path)
+        query = urllib.parse.parse_qs(url.query)
+        if url.path == "/upload" and self.command in ("PUT", "POST"):
+            received = self.read_body()
+            sys.stderr.write("upload received %d bytes\n" % received)
+            self.reply(200, json.dumps({"received": received, "server": self.server.name}).encode())
+            return
+        body_bytes = self.read_body()
+        if url.path == "/slow":
+            secs = float(query.get("secs", ["3"])[0])
+            sys.stderr.write("slow request started\n")
+            sys.stderr.flush()
+            time.sleep(secs)
+            self.reply(200, SLOW_BODY_LINE * SLOW_BODY_REPEAT, "text/plain")
+            sys.stderr.write("slow request answered\n")
+            return
+        echo = {
+            "server": self.server.name,
+            "method": self.command,
+            "path": self.path,
+            "host": self.headers.get("Host"),
+            "version": self.request_version,
+            "headers": {k.lower(): v for k, v in self.headers.items()},
+            "body_bytes": body_bytes,
+        }
+        self.reply(200, json.dumps(echo, indent=1).encode() + b"\n")
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = handle_any
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--bind", default="0.0.0.0")
+    parser.add_argument("--name", default="http-server")
+    args = parser.parse_args()
+    server = ThreadingHTTPServer((args.bind, args.port), Handler)
+    server.daemon_threads = True
+    server.name = args.name
+    sys.stderr.write("listening on %s:%d\n" % (args.bind, args.port))
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

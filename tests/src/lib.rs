@@ -1,0 +1,179 @@
+//! End-to-end harness: pods as Linux network namespaces, real `skiff-proxy` sidecars, real
+//! clients and servers (curl, h2load, Python grpcio / websockets / h2).
+//!
+//! Map of the crate:
+//! - [`mesh`]: one [`Mesh`] per test — a unique id, a "network" namespace holding a bridge, a
+//!   per-mesh /24 for pods and one for service VIPs, a temp dir for logs and policy, and the
+//!   cleanup (in `Drop`, so it also runs when a test panics) plus a sweep of stale namespaces.
+//! - [`pod`]: a [`Pod`] is a namespace on that bridge; run commands in it, spawn servers, install
+//!   a sidecar ([`Sidecar`]): `skiff-proxy init`, then `skiff-proxy run` as UID 1337.
+//! - [`process`]: a spawned process ([`Proc`]) with its log file, signals and memory (VmRSS).
+//! - [`policy`]: renders a Kubernetes `Service` + `EndpointSlice` into the mesh's policy dir.
+//! - [`counters`]: proof that traffic went through both sidecars (client outbound, server
+//!   inbound counters grew).
+//! - [`metrics`]: parses the Prometheus text a sidecar serves on 15020.
+//! - [`python`]: the venv and the Python clients/servers under `tests/python/`.
+//!
+//! ```no_run
+//! use skiff_tests::{Mesh, python};
+//! let mesh = Mesh::new("example");
+//! let server = mesh.pod("server");
+//! let client = mesh.pod("client");
+//! let echo = mesh.service("echo").port(80, 8080).backend(&server).apply();
+//! server.spawn_python("http", "http_server.py", &["--port", "8080"]);
+//! server.wait_listening(8080);
+//! let _ = (server.sidecar().install(), client.sidecar().install());
+//! let body = client.exec_ok(&format!("curl -sS --max-time 20 http://{}/", echo.vip()));
+//! assert!(body.contains("\"path\": \"/\""));
+//! ```
+//!
+//! Every test that uses the harness needs root (namespaces, iptables): [`require_root`] panics
+//! with a clear message otherwise, so such a test can never pass by skipping.
+
+pub mod counters;
+pub mod mesh;
+pub mod metrics;
+pub mod pod;
+pub mod policy;
+pub mod process;
+pub mod python;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub use counters::PathCounters;
+pub use mesh::Mesh;
+pub use metrics::Metrics;
+pub use pod::{Output, Pod, Sidecar, SidecarBuilder};
+pub use policy::{Service, ServiceBuilder};
+pub use process::Proc;
+
+/// The directory cargo builds into: `$CARGO_TARGET_DIR`, else the workspace's `target/`.
+pub fn target_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        let dir = PathBuf::from(dir);
+        return if dir.is_absolute() {
+            dir
+        } else {
+            workspace_dir().join(dir)
+        };
+    }
+    workspace_dir().join("target")
+}
+
+/// The workspace root (the parent of this crate).
+pub fn workspace_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The `skiff-proxy` binary under test: `$SKIFF_PROXY_BIN`, else the one built beside this test
+/// binary (same profile and target dir), else `<target dir>/debug/skiff-proxy`.
+pub fn proxy_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("SKIFF_PROXY_BIN") {
+        let bin = PathBuf::from(bin);
+        assert!(
+            bin.is_file(),
+            "SKIFF_PROXY_BIN={} does not exist",
+            bin.display()
+        );
+        return bin;
+    }
+    let mut candidates = Vec::new();
+    // The test binary lives in <target>/<profile>/deps/; the proxy in <target>/<profile>/.
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(profile_dir) = exe.parent().and_then(Path::parent) {
+            candidates.push(profile_dir.join("skiff-proxy"));
+        }
+    }
+    candidates.push(target_dir().join("debug").join("skiff-proxy"));
+    for candidate in &candidates {
+        if candidate.is_file() {
+            return candidate.clone();
+        }
+    }
+    panic!(
+        "skiff-proxy binary not found (looked at {}). Build it first: `cargo build -p skiff-proxy` \
+         (or set SKIFF_PROXY_BIN)",
+        candidates.iter().map(|c| c.display().to_string()).collect::<Vec<_>>().join(", ")
+    );
+}
+
+/// Panics unless the test runs as root: namespaces and iptables need it, and these tests must
+/// fail loudly rather than skip.
+pub fn require_root() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("?");
+    assert!(
+        euid == "0",
+        "the skiff end-to-end tests need root (network namespaces, veth, iptables); running as \
+         euid {euid}. Run them as root (e.g. `sudo -E cargo nextest run -p skiff-tests`)."
+    );
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, or panics after `timeout` with `what` and
+/// the output of `context` (e.g. logs). Bounded waits only: never a timing assertion.
+pub fn eventually<T>(
+    timeout: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Option<T>,
+    context: impl FnOnce() -> String,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                context()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Quotes `s` for `sh -c` (single quotes, with embedded quotes escaped).
+pub fn sh_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=,@%+".contains(&b))
+    {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The last `lines` lines of a file, for failure messages.
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = match std::fs::read(path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) => return format!("<cannot read {}: {e}>", path.display()),
+    };
+    let all: Vec<&str> = text.lines().collect();
+    let start = all.len().saturating_sub(lines);
+    let mut out = String::new();
+    if start > 0 {
+        out.push_str(&format!(
+            "... ({start} earlier lines in {})\n",
+            path.display()
+        ));
+    }
+    for line in &all[start..] {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// Parses JSON printed by a test program, panicking with the text when it is not JSON.
+pub fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"))
+}

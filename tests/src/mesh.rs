@@ -1,0 +1,441 @@
+//! A [`Mesh`] is one test's private network: a "network" namespace holding a Linux bridge, pods
+//! attached to it by veth pairs, a /24 for pod IPs and a /24 for service VIPs that no interface
+//! owns (so a VIP is reachable only through capture), and a temp dir for logs and policy.
+//!
+//! Names are `skt{pid%10000}x{n}` (+ `-net`, `-p{i}`: at most 15 characters), claimed atomically
+//! by a marker file under `/run/skiff-tests/` that records the owner's pid and start time, so two
+//! test processes never collide and a later run can sweep what a killed run left behind.
+
+use std::fs;
+use std::io::{ErrorKind, Write};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, SystemTime};
+
+use crate::pod::Pod;
+use crate::policy::ServiceBuilder;
+use crate::process::{self, ProcInner};
+
+/// Prefix of every namespace and marker the harness creates.
+pub const PREFIX: &str = "skt";
+
+/// Where ownership markers live (tmpfs, like /run/netns).
+const MARKER_DIR: &str = "/run/skiff-tests";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+static SWEEP: Once = Once::new();
+
+/// One test's network of pods. Dropping it kills every process it started and deletes its
+/// namespaces, also when the test panics (then it prints the logs first).
+pub struct Mesh {
+    pub(crate) inner: Arc<MeshInner>,
+}
+
+pub(crate) struct MeshInner {
+    /// Unique short id, the prefix of every namespace name.
+    pub(crate) id: String,
+    /// The test's own name for it, for messages.
+    pub(crate) label: String,
+    /// The namespace holding the bridge.
+    pub(crate) net_ns: String,
+    /// First three octets of the pod subnet (10.a.b.0/24); the bridge is .1.
+    pub(crate) pod_net: [u8; 3],
+    /// First three octets of the VIP subnet (10.96.c.0/24).
+    pub(crate) vip_net: [u8; 3],
+    /// Temp dir for logs (`logs/`) and policy (`policy/`).
+    pub(crate) dir: PathBuf,
+    /// Our claim on `id`.
+    marker: PathBuf,
+    pub(crate) state: Mutex<State>,
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    /// Pod namespaces, for cleanup.
+    pub(crate) pod_namespaces: Vec<String>,
+    /// Every long-running process started, for cleanup and log dumps.
+    pub(crate) procs: Vec<Arc<ProcInner>>,
+    /// Pods created so far (the next pod's index).
+    pub(crate) pods: u8,
+    /// VIPs handed out so far.
+    pub(crate) vips: u8,
+}
+
+impl Mesh {
+    /// Creates the network namespace and its bridge. Panics (loudly, never skips) when not root
+    /// or when namespaces cannot be created.
+    pub fn new(label: &str) -> Mesh {
+        crate::require_root();
+        SWEEP.call_once(sweep_stale);
+        let pid = std::process::id();
+        let (id, marker) = claim_id(pid);
+        let n: u32 = id.rsplit('x').next().unwrap().parse().unwrap();
+        let k = (pid % 10000) * 97 + n * 7919;
+        let pod_net = [10, 100 + ((k / 256) % 90) as u8, (k % 256) as u8];
+        let vip_net = [10, 96, (k % 256) as u8];
+        let dir = std::env::temp_dir().join("skiff-tests").join(&id);
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("logs")).expect("create mesh log dir");
+        fs::create_dir_all(dir.join("policy")).expect("create mesh policy dir");
+        let inner = MeshInner {
+            net_ns: format!("{id}-net"),
+            id,
+            label: label.to_string(),
+            pod_net,
+            vip_net,
+            dir,
+            marker,
+            state: Mutex::new(State::default()),
+        };
+        let mesh = Mesh {
+            inner: Arc::new(inner),
+        };
+        mesh.create_network();
+        mesh
+    }
+
+    fn create_network(&self) {
+        let ns = &self.inner.net_ns;
+        add_netns(ns);
+        let bridge_cidr = format!("{}/24", self.bridge_ip());
+        for argv in [
+            vec!["ip", "-n", ns, "link", "set", "lo", "up"],
+            vec!["ip", "-n", ns, "link", "add", "br0", "type", "bridge"],
+            vec!["ip", "-n", ns, "addr", "add", &bridge_cidr, "dev", "br0"],
+            vec!["ip", "-n", ns, "link", "set", "br0", "up"],
+        ] {
+            process::run_ok(&argv);
+        }
+    }
+
+    /// Adds a pod: a namespace with `eth0` (veth to the bridge), the next pod IP, loopback up and
+    /// a default route via the bridge, so traffic to a VIP leaves the pod unless captured.
+    pub fn pod(&self, name: &str) -> Pod {
+        let index = {
+            let mut state = self.inner.state.lock().unwrap();
+            state.pods += 1;
+            state.pods
+        };
+        assert!(index < 200, "too many pods in one mesh");
+        let ns = format!("{}-p{index}", self.inner.id);
+        let [a, b, c] = self.inner.pod_net;
+        let ip = Ipv4Addr::new(a, b, c, 10 + index);
+        // Register before creating, so a half-built pod is still cleaned up.
+        self.inner
+            .state
+            .lock()
+            .unwrap()
+            .pod_namespaces
+            .push(ns.clone());
+        add_netns(&ns);
+        let peer = format!("v{index}");
+        let cidr = format!("{ip}/24");
+        let gateway = self.bridge_ip().to_string();
+        let net = self.inner.net_ns.as_str();
+        for argv in [
+            vec!["ip", "-n", &ns, "link", "set", "lo", "up"],
+            vec![
+                "ip", "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", &peer,
+                "netns", net,
+            ],
+            vec!["ip", "-n", net, "link", "set", &peer, "master", "br0"],
+            vec!["ip", "-n", net, "link", "set", &peer, "up"],
+            vec!["ip", "-n", &ns, "addr", "add", &cidr, "dev", "eth0"],
+            vec!["ip", "-n", &ns, "link", "set", "eth0", "up"],
+            vec!["ip", "-n", &ns, "route", "add", "default", "via", &gateway],
+        ] {
+            process::run_ok(&argv);
+        }
+        Pod::new(self.inner.clone(), name, ns, ip)
+    }
+
+    /// Starts declaring a Service (and its EndpointSlice) in the mesh's policy dir.
+    pub fn service(&self, name: &str) -> ServiceBuilder {
+        ServiceBuilder::new(self.inner.clone(), name)
+    }
+
+    /// A fresh VIP from the mesh's service range (owned by no interface).
+    pub fn vip(&self) -> Ipv4Addr {
+        self.inner.next_vip()
+    }
+
+    /// The directory holding the policy YAML every sidecar of this mesh reads.
+    pub fn policy_dir(&self) -> PathBuf {
+        self.inner.dir.join("policy")
+    }
+
+    /// The mesh's temp dir (logs and policy).
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The unique id (prefix of its namespace names).
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// The bridge's address: every pod's default gateway.
+    pub fn bridge_ip(&self) -> Ipv4Addr {
+        let [a, b, c] = self.inner.pod_net;
+        Ipv4Addr::new(a, b, c, 1)
+    }
+
+    /// Names of every namespace of this mesh (network first).
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut all = vec![self.inner.net_ns.clone()];
+        all.extend(
+            self.inner
+                .state
+                .lock()
+                .unwrap()
+                .pod_namespaces
+                .iter()
+                .cloned(),
+        );
+        all
+    }
+
+    /// The last lines of every log of this mesh, for failure messages.
+    pub fn logs(&self) -> String {
+        self.inner.logs(60)
+    }
+}
+
+impl MeshInner {
+    pub(crate) fn next_vip(&self) -> Ipv4Addr {
+        let mut state = self.state.lock().unwrap();
+        state.vips += 1;
+        assert!(state.vips < 250, "too many VIPs in one mesh");
+        let [a, b, c] = self.vip_net;
+        Ipv4Addr::new(a, b, c, 10 + state.vips)
+    }
+
+    pub(crate) fn register(&self, proc: Arc<ProcInner>) {
+        self.state.lock().unwrap().procs.push(proc);
+    }
+
+    pub(crate) fn logs(&self, lines: usize) -> String {
+        let procs = self.state.lock().unwrap().procs.clone();
+        let mut out = String::new();
+        for proc in procs {
+            out.push_str(&format!(
+                "===== log of {} (pid {}, {}) =====\n{}\n",
+                proc.name,
+                proc.pid,
+                proc.log.display(),
+                crate::tail(&proc.log, lines)
+            ));
+        }
+        out
+    }
+}
+
+impl Drop for MeshInner {
+    fn drop(&mut self) {
+        let panicking = std::thread::panicking();
+        if panicking {
+            eprintln!(
+                "\n##### mesh {} ({}) failed; logs kept in {} #####\n{}",
+                self.id,
+                self.label,
+                self.dir.display(),
+                self.logs(80)
+            );
+        }
+        let (procs, pods) = {
+            let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            (state.procs.clone(), state.pod_namespaces.clone())
+        };
+        for proc in &procs {
+            proc.kill_group();
+        }
+        for ns in pods.iter().chain(std::iter::once(&self.net_ns)) {
+            delete_netns(ns);
+        }
+        let _ = fs::remove_file(&self.marker);
+        if !panicking {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Creates a namespace, panicking with a clear message when the kernel or permissions refuse.
+fn add_netns(ns: &str) {
+    let out = process::run(&["ip", "netns", "add", ns]);
+    assert!(
+        out.success(),
+        "`ip netns add {ns}` failed: the skiff end-to-end tests need root and network namespace \
+         support (CAP_SYS_ADMIN, CAP_NET_ADMIN, a writable /run/netns).\n{out}"
+    );
+}
+
+/// Kills whatever still runs in `ns` and deletes it.
+fn delete_netns(ns: &str) {
+    if !Path::new("/run/netns").join(ns).exists() {
+        return;
+    }
+    let pids = process::run(&["ip", "netns", "pids", ns]).stdout;
+    for pid in pids.split_whitespace() {
+        let _ = process::run(&["kill", "-KILL", pid]);
+    }
+    for _ in 0..50 {
+        if process::run(&["ip", "netns", "del", ns]).success() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("warning: could not delete network namespace {ns}");
+}
+
+/// Claims the first free `skt{pid%10000}x{n}` by creating its marker file exclusively.
+fn claim_id(pid: u32) -> (String, PathBuf) {
+    fs::create_dir_all(MARKER_DIR).unwrap_or_else(|e| panic!("cannot create {MARKER_DIR}: {e}"));
+    let start = start_time(pid).unwrap_or_default();
+    loop {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        // Keeps `skt9999x99-p199` within the 15-character limit of namespace names.
+        assert!(n < 100, "ran out of mesh ids for this process");
+        let id = format!("{PREFIX}{}x{n}", pid % 10000);
+        let marker = Path::new(MARKER_DIR).join(&id);
+        match fs::File::options()
+            .write(true)
+            .create_new(true)
+            .open(&marker)
+        {
+            Ok(mut file) => {
+                writeln!(file, "{pid} {start}").expect("write marker");
+                if Path::new("/run/netns").join(format!("{id}-net")).exists() {
+                    // Left by a dead run whose marker is gone: take it over.
+                    delete_stale(&id);
+                }
+                return (id, marker);
+            }
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
+            Err(e) => panic!("cannot create marker {}: {e}", marker.display()),
+        }
+    }
+}
+
+/// Field 22 of /proc/PID/stat: distinguishes a live owner from a reused pid.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the owner recorded in a marker is dead. Unreadable fresh markers count as alive (the
+/// owner may be writing it right now).
+fn owner_dead(marker: &Path) -> bool {
+    let Ok(text) = fs::read_to_string(marker) else {
+        return true;
+    };
+    let mut fields = text.split_whitespace();
+    match (
+        fields.next().and_then(|p| p.parse::<u32>().ok()),
+        fields.next().and_then(|s| s.parse::<u64>().ok()),
+    ) {
+        (Some(pid), Some(start)) => start_time(pid) != Some(start),
+        _ => {
+            let age = fs::metadata(marker)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .unwrap_or_default();
+            age > Duration::from_secs(60)
+        }
+    }
+}
+
+/// Deletes namespaces (and markers) of meshes whose owning test process is gone.
+pub fn sweep_stale() {
+    let mut ids: Vec<String> = Vec::new();
+    if let Ok(entries) = fs::read_dir("/run/netns") {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(id) = mesh_id_of(&name) {
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+        }
+    }
+    if let Ok(entries) = fs::read_dir(MARKER_DIR) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if mesh_id_of(&format!("{name}-net")).is_some() && !ids.contains(&name) {
+                ids.push(name);
+            }
+        }
+    }
+    for id in ids {
+        let marker = Path::new(MARKER_DIR).join(&id);
+        if owner_dead(&marker) {
+            delete_stale(&id);
+            let _ = fs::remove_file(&marker);
+        }
+    }
+    // Logs of failed runs are kept for inspection, but not forever.
+    if let Ok(entries) = fs::read_dir(std::env::temp_dir().join("skiff-tests")) {
+        for entry in entries.flatten() {
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .is_some_and(|age| age > Duration::from_secs(24 * 3600));
+            if old {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
+fn delete_stale(id: &str) {
+    let prefix = format!("{id}-");
+    let Ok(entries) = fs::read_dir("/run/netns") else {
+        return;
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    // Pods first, the bridge's namespace last.
+    names.sort_by_key(|n| n.ends_with("-net"));
+    for ns in names {
+        eprintln!("sweeping stale namespace {ns}");
+        delete_netns(&ns);
+    }
+}
+
+/// `skt1234x5-net` / `skt1234x5-p2` → `skt1234x5`.
+fn mesh_id_of(ns: &str) -> Option<String> {
+    let (id, suffix) = ns.split_once('-')?;
+    let rest = id.strip_prefix(PREFIX)?;
+    let (pid, n) = rest.split_once('x')?;
+    let valid = !pid.is_empty()
+        && pid.bytes().all(|b| b.is_ascii_digit())
+        && !n.is_empty()
+        && n.bytes().all(|b| b.is_ascii_digit())
+        && (suffix == "net"
+            || suffix
+                .strip_prefix('p')
+                .is_some_and(|i| i.parse::<u8>().is_ok()));
+    valid.then(|| id.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mesh_id_of;
+
+    #[test]
+    fn mesh_ids_are_recognised() {
+        assert_eq!(mesh_id_of("skt1234x5-net").as_deref(), Some("skt1234x5"));
+        assert_eq!(mesh_id_of("skt1x0-p12").as_deref(), Some("skt1x0"));
+        assert_eq!(mesh_id_of("skiff-demo-net"), None);
+        assert_eq!(mesh_id_of("skt1234-net"), None);
+        assert_eq!(mesh_id_of("sktaxb-p1"), None);
+    }
+}

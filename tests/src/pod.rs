@@ -1,0 +1,400 @@
+//! A [`Pod`] is a network namespace on the mesh's bridge. Commands run in it through
+//! `ip netns exec`; a [`Sidecar`] is `skiff-proxy init` plus `skiff-proxy run` as UID 1337.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::mesh::MeshInner;
+use crate::metrics::Metrics;
+use crate::process::{self, Proc};
+use crate::{eventually, python, sh_quote};
+
+pub use crate::process::Output;
+
+/// The Kubernetes namespace every test workload and service lives in.
+pub const NAMESPACE: &str = "default";
+
+/// How long one `exec` may run before `timeout` kills it (every client call is bounded too).
+const EXEC_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// How long a sidecar may take to become ready (a debug build on a busy 2-core machine).
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// One pod: a namespace with `eth0` on the mesh bridge and a pod IP.
+#[derive(Clone)]
+pub struct Pod {
+    mesh: Arc<MeshInner>,
+    /// The test's name for it (also its workload name).
+    name: String,
+    /// Its network namespace.
+    ns: String,
+    /// Its address on the mesh bridge.
+    ip: Ipv4Addr,
+}
+
+impl Pod {
+    pub(crate) fn new(mesh: Arc<MeshInner>, name: &str, ns: String, ip: Ipv4Addr) -> Pod {
+        Pod {
+            mesh,
+            name: name.to_string(),
+            ns,
+            ip,
+        }
+    }
+
+    /// The test's name for the pod, also its workload name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its network namespace.
+    pub fn ns(&self) -> &str {
+        &self.ns
+    }
+
+    /// Its pod IP.
+    pub fn ip(&self) -> Ipv4Addr {
+        self.ip
+    }
+
+    /// Runs `sh -c script` inside the pod (bounded by a 180 s `timeout`).
+    pub fn exec(&self, script: &str) -> Output {
+        self.exec_timeout(script, EXEC_TIMEOUT)
+    }
+
+    /// Runs `sh -c script` inside the pod, killed after `limit`.
+    pub fn exec_timeout(&self, script: &str, limit: Duration) -> Output {
+        let secs = limit.as_secs().max(1).to_string();
+        process::run(&[
+            "ip", "netns", "exec", &self.ns, "timeout", "-k", "5", &secs, "sh", "-c", script,
+        ])
+    }
+
+    /// Runs `sh -c script` inside the pod and returns its stdout; panics with the output and the
+    /// mesh's logs unless it exits 0.
+    pub fn exec_ok(&self, script: &str) -> String {
+        let out = self.exec(script);
+        assert!(
+            out.success(),
+            "in pod {}: `{script}` failed: {out}\n{}",
+            self.name,
+            self.mesh.logs(40)
+        );
+        out.stdout
+    }
+
+    /// Starts `argv` inside the pod in the background; its output goes to a log file in the
+    /// mesh's temp dir. It is killed (with its process group) when the mesh drops.
+    pub fn spawn(&self, what: &str, argv: &[&str]) -> Proc {
+        let mut cmd = process::command("ip");
+        cmd.args(["netns", "exec", &self.ns]).args(argv);
+        self.start(what, cmd)
+    }
+
+    /// Starts `sh -c script` inside the pod in the background (for pipelines).
+    pub fn spawn_sh(&self, what: &str, script: &str) -> Proc {
+        self.spawn(what, &["sh", "-c", script])
+    }
+
+    /// Starts one of the Python programs of `tests/python/` with the venv's interpreter.
+    pub fn spawn_python(&self, what: &str, script: &str, args: &[&str]) -> Proc {
+        let interpreter = python::interpreter();
+        let path = python::script(script);
+        let mut argv = vec![interpreter.to_str().unwrap(), "-u", path.to_str().unwrap()];
+        argv.extend_from_slice(args);
+        self.spawn(what, &argv)
+    }
+
+    fn start(&self, what: &str, cmd: std::process::Command) -> Proc {
+        let log = self.log_path(what);
+        let proc = Proc::start(format!("{}/{what}", self.name), cmd, log);
+        self.mesh.register(proc.inner.clone());
+        proc
+    }
+
+    fn log_path(&self, what: &str) -> PathBuf {
+        let logs = self.mesh.dir.join("logs");
+        let base: String = format!("{}-{what}", self.name)
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let mut path = logs.join(format!("{base}.log"));
+        let mut n = 1;
+        while path.exists() {
+            n += 1;
+            path = logs.join(format!("{base}-{n}.log"));
+        }
+        path
+    }
+
+    /// Waits until something in the pod listens on TCP `port` (any address).
+    pub fn wait_listening(&self, port: u16) {
+        let script = format!("ss -Hltn 'sport = :{port}'");
+        eventually(
+            Duration::from_secs(60),
+            &format!("a listener on port {port} in pod {}", self.name),
+            || {
+                let out = self.exec(&script);
+                (out.success() && !out.stdout.trim().is_empty()).then_some(())
+            },
+            || self.mesh.logs(40),
+        );
+    }
+
+    /// `iptables-save -t nat` inside the pod.
+    pub fn iptables_nat(&self) -> String {
+        self.exec_ok("iptables-save -t nat")
+    }
+
+    /// Starts configuring a sidecar for this pod (policy from the mesh's policy dir).
+    pub fn sidecar(&self) -> SidecarBuilder {
+        SidecarBuilder {
+            pod: self.clone(),
+            policy_dir: self.mesh.dir.join("policy"),
+            init_args: Vec::new(),
+            run_args: Vec::new(),
+        }
+    }
+
+    /// `skiff-proxy init EXTRA_INIT_ARGS`, then `skiff-proxy run --policy POLICY_DIR ...` as UID
+    /// 1337, then waits until `/healthz/ready` answers 200.
+    pub fn install_sidecar(&self, policy_dir: &Path, extra_init_args: &[&str]) -> Sidecar {
+        self.sidecar()
+            .policy_dir(policy_dir)
+            .init_args(extra_init_args)
+            .install()
+    }
+
+    /// The last lines of every log of the mesh, for failure messages.
+    pub fn mesh_logs(&self) -> String {
+        self.mesh.logs(60)
+    }
+}
+
+/// Options of a sidecar before it is installed.
+pub struct SidecarBuilder {
+    pod: Pod,
+    policy_dir: PathBuf,
+    init_args: Vec<String>,
+    run_args: Vec<String>,
+}
+
+impl SidecarBuilder {
+    /// The directory of policy YAML (default: the mesh's).
+    pub fn policy_dir(mut self, dir: &Path) -> Self {
+        self.policy_dir = dir.to_path_buf();
+        self
+    }
+
+    /// Extra arguments for `skiff-proxy init` (e.g. `--exclude-outbound-ports 9090`).
+    pub fn init_args(mut self, args: &[&str]) -> Self {
+        self.init_args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// Extra arguments for `skiff-proxy run` (e.g. `--drain-period 5s`).
+    pub fn run_args(mut self, args: &[&str]) -> Self {
+        self.run_args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// Runs init, starts the proxy, and waits for readiness (panics with the log on timeout or if
+    /// the proxy exits).
+    pub fn install(self) -> Sidecar {
+        let pod = self.pod;
+        let bin = crate::proxy_bin();
+        let bin = bin.to_str().unwrap();
+        let mut init = vec!["ip", "netns", "exec", &pod.ns, bin, "init"];
+        init.extend(self.init_args.iter().map(String::as_str));
+        let out = process::run(&init);
+        assert!(
+            out.success(),
+            "in pod {}: `{}` failed: {out}",
+            pod.name,
+            init.join(" ")
+        );
+
+        let ip = pod.ip.to_string();
+        let policy = self.policy_dir.to_str().unwrap().to_string();
+        let mut argv = vec![
+            "setpriv",
+            "--reuid=1337",
+            "--regid=1337",
+            "--clear-groups",
+            "--",
+            bin,
+            "run",
+            "--policy",
+            &policy,
+            "--namespace",
+            NAMESPACE,
+            "--workload",
+            &pod.name,
+            "--pod-ip",
+            &ip,
+        ];
+        argv.extend(self.run_args.iter().map(String::as_str));
+        let mut cmd = process::command("ip");
+        cmd.args(["netns", "exec", &pod.ns]).args(&argv);
+        let log_filter =
+            std::env::var("SKIFF_TEST_LOG").unwrap_or_else(|_| "info,skiff_proxy=debug".into());
+        cmd.env("RUST_LOG", log_filter).env("RUST_BACKTRACE", "1");
+        let proc = pod.start("sidecar", cmd);
+        let sidecar = Sidecar {
+            pod,
+            proc,
+            init_output: out,
+        };
+        sidecar.wait_ready();
+        sidecar
+    }
+}
+
+/// A running `skiff-proxy run` in a pod.
+pub struct Sidecar {
+    pod: Pod,
+    proc: Proc,
+    /// What `skiff-proxy init` printed.
+    init_output: Output,
+}
+
+impl Sidecar {
+    /// The proxy process (its pid is the proxy's own: `ip netns exec` and `setpriv` exec).
+    pub fn proc(&self) -> &Proc {
+        &self.proc
+    }
+
+    /// The proxy's pid.
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// The pod it runs in.
+    pub fn pod(&self) -> &Pod {
+        &self.pod
+    }
+
+    /// What `skiff-proxy init` printed.
+    pub fn init_output(&self) -> &Output {
+        &self.init_output
+    }
+
+    /// The proxy's log (stdout: access log; stderr: tracing).
+    pub fn log(&self) -> String {
+        self.proc.log()
+    }
+
+    /// The last `lines` lines of its log, labelled.
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.proc.log_tail(lines)
+    }
+
+    /// HTTP status of `/healthz/ready`, or `None` when nothing answers.
+    pub fn ready_status(&self) -> Option<u16> {
+        self.local_status("http://127.0.0.1:15021/healthz/ready")
+    }
+
+    /// HTTP status of any URL fetched from inside the pod, `None` when the connection fails.
+    pub fn local_status(&self, url: &str) -> Option<u16> {
+        let out = self.pod.exec(&format!(
+            "curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 {}",
+            sh_quote(url)
+        ));
+        out.stdout.trim().parse().ok().filter(|code| *code != 0)
+    }
+
+    fn wait_ready(&self) {
+        eventually(
+            READY_TIMEOUT,
+            &format!(
+                "sidecar of pod {} to answer 200 on /healthz/ready",
+                self.pod.name
+            ),
+            || {
+                if let Some(status) = self.proc.try_status() {
+                    panic!(
+                        "sidecar of pod {} exited before becoming ready ({})\n{}",
+                        self.pod.name,
+                        process::describe(status),
+                        self.log_tail(100)
+                    );
+                }
+                (self.ready_status() == Some(200)).then_some(())
+            },
+            || self.log_tail(100),
+        );
+    }
+
+    /// Fetches and parses `/metrics` (port 15020) from inside the pod; panics with the log if
+    /// the proxy does not answer.
+    pub fn metrics(&self) -> Metrics {
+        let out = self
+            .pod
+            .exec("curl -sS --fail --max-time 10 http://127.0.0.1:15020/metrics");
+        assert!(
+            out.success(),
+            "cannot read /metrics of the sidecar in pod {}: {out}\n{}",
+            self.pod.name,
+            self.log_tail(60)
+        );
+        Metrics::parse(&out.stdout)
+    }
+
+    /// Sum of the samples of `name` whose labels include `labels`.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.metrics().sum(name, labels)
+    }
+
+    /// Waits (bounded) until the sum of `name{labels}` reaches `at_least`: metrics of a finished
+    /// connection may be recorded just after the client sees its end. Panics with the matching
+    /// series and the log otherwise.
+    pub fn wait_metric(&self, name: &str, labels: &[(&str, &str)], at_least: f64) -> f64 {
+        let mut last = Metrics::default();
+        let found = (0..150).find_map(|_| {
+            last = self.metrics();
+            let value = last.sum(name, labels);
+            if value >= at_least {
+                return Some(value);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            None
+        });
+        found.unwrap_or_else(|| {
+            panic!(
+                "sidecar of pod {}: {name}{labels:?} never reached {at_least} (now {}).\n\
+                 Series of {name}:\n{}\n{}",
+                self.pod.name,
+                last.sum(name, labels),
+                last.describe(name),
+                self.log_tail(60)
+            )
+        })
+    }
+
+    /// Fetches `/config_dump` from the admin port (127.0.0.1:15000) as JSON.
+    pub fn config_dump(&self) -> serde_json::Value {
+        let body = self
+            .pod
+            .exec_ok("curl -sS --fail --max-time 10 http://127.0.0.1:15000/config_dump");
+        serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("/config_dump is not JSON ({e}): {body}"))
+    }
+
+    /// Sends SIGTERM to the proxy.
+    pub fn terminate(&self) {
+        self.proc.terminate();
+    }
+
+    /// The proxy's resident memory in KiB, `None` once it has exited.
+    pub fn rss_kib(&self) -> Option<u64> {
+        self.proc.rss_kib()
+    }
+}
