@@ -311,6 +311,7 @@ pub fn load_text(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     const POLICY: &str = "\
 apiVersion: v1
