@@ -71,7 +71,8 @@ impl Forwarder {
             }
             Upstream::Local(addr) => *addr,
         };
-        let upgrade = request.version() <= Version::HTTP_11 && is_upgrade(request.headers());
+        let downstream_version = request.version();
+        let upgrade = downstream_version <= Version::HTTP_11 && is_upgrade(request.headers());
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         strip_hop_by_hop(request.headers_mut(), upgrade);
         match self.protocol {
@@ -109,6 +110,9 @@ impl Forwarder {
                     // The upstream connection now belongs to the tunnel: never pool it.
                     return Ok(response.map(|body| ResponseBody::upstream(body, None)));
                 }
+                // An HTTP/1.0 upstream must not turn the downstream connection into HTTP/1.0
+                // (no keep-alive): the downstream gets the version it spoke.
+                *response.version_mut() = downstream_version;
                 Ok(response.map(|body| ResponseBody::upstream(body, Some(checkin))))
             }
         }
