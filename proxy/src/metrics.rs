@@ -110,10 +110,16 @@ impl ServiceMetrics {
     }
 }
 
+/// The label pair that selects a [`ServiceMetrics`].
+type ServiceKey = (Direction, Arc<str>);
+
+/// A TCP counter: its name, help text and where it lives in [`ServiceMetrics`].
+type TcpCounter = (&'static str, &'static str, fn(&ServiceMetrics) -> &AtomicU64);
+
 /// All metrics of one proxy. Built once and passed to whoever records.
 #[derive(Default)]
 pub struct Metrics {
-    services: Mutex<BTreeMap<(Direction, Arc<str>), Arc<ServiceMetrics>>>,
+    services: Mutex<BTreeMap<ServiceKey, Arc<ServiceMetrics>>>,
 }
 
 impl Metrics {
@@ -217,7 +223,7 @@ impl Metrics {
                 "skiff_request_duration_seconds_count{{{labels}}} {count}"
             );
         }
-        let tcp: [(&str, &str, fn(&ServiceMetrics) -> &AtomicU64); 4] = [
+        let tcp: [TcpCounter; 4] = [
             (
                 "skiff_tcp_connections_opened_total",
                 "TCP connections accepted.",

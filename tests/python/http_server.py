@@ -3,8 +3,11 @@
 Routes:
   GET  /slow?secs=3   logs "slow request started", waits, then answers 200 with a known body
                       (SLOW_BODY_LINE repeated SLOW_BODY_REPEAT times)
-  PUT|POST /upload    streams the request body (chunked or Content-Length) and answers
-                      {"received": N}; memory does not grow with the body
+  PUT|POST /upload?throttle_ms=0
+                      streams the request body (chunked or Content-Length) and answers
+                      {"received": N}; memory does not grow with the body. With throttle_ms it
+                      sleeps that long after each 64 KiB read: a slow consumer, so a proxy that
+                      does not apply back-pressure has to buffer
   anything else       echoes method, path, Host header, request headers and body size as JSON
 Every response names the server (--name) so tests can tell backends apart.
 """
@@ -23,11 +26,13 @@ SLOW_BODY_REPEAT = 4000
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "skiff-test-http"
+    # Headers and body are separate writes; without this, Nagle + delayed ACK add 40 ms.
+    disable_nagle_algorithm = True
 
     def log_message(self, fmt, *args):
         sys.stderr.write("%s %s\n" % (self.address_string(), fmt % args))
 
-    def read_body(self):
+    def read_body(self, throttle=0.0):
         """Reads the whole request body in bounded pieces and returns its size."""
         total = 0
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -48,6 +53,8 @@ class Handler(BaseHTTPRequestHandler):
                         raise ConnectionError("eof inside chunk")
                     remaining -= len(piece)
                     total += len(piece)
+                    if throttle:
+                        time.sleep(throttle)
                 self.rfile.readline(3)
         length = int(self.headers.get("Content-Length", "0") or 0)
         while total < length:
@@ -55,6 +62,8 @@ class Handler(BaseHTTPRequestHandler):
             if not piece:
                 raise ConnectionError("eof inside body")
             total += len(piece)
+            if throttle:
+                time.sleep(throttle)
         return total
 
     def reply(self, status, body, content_type="application/json"):
@@ -70,7 +79,8 @@ class Handler(BaseHTTPRequestHandler):
         url = urllib.parse.urlsplit(self.path)
         query = urllib.parse.parse_qs(url.query)
         if url.path == "/upload" and self.command in ("PUT", "POST"):
-            received = self.read_body()
+            throttle = float(query.get("throttle_ms", ["0"])[0]) / 1000.0
+            received = self.read_body(throttle)
             sys.stderr.write("upload received %d bytes\n" % received)
             self.reply(200, json.dumps({"received": received, "server": self.server.name}).encode())
             return

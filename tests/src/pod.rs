@@ -244,9 +244,13 @@ impl SidecarBuilder {
         argv.extend(self.run_args.iter().map(String::as_str));
         let mut cmd = process::command("ip");
         cmd.args(["netns", "exec", &pod.ns]).args(&argv);
+        // The proxy reads SKIFF_LOG; RUST_LOG is set too for anything that reads the default.
         let log_filter =
             std::env::var("SKIFF_TEST_LOG").unwrap_or_else(|_| "info,skiff_proxy=debug".into());
-        cmd.env("RUST_LOG", log_filter).env("RUST_BACKTRACE", "1");
+        cmd.env("SKIFF_LOG", &log_filter)
+            .env("RUST_LOG", &log_filter)
+            .env("RUST_BACKTRACE", "1")
+            .env("NO_COLOR", "1");
         let proc = pod.start("sidecar", cmd);
         let sidecar = Sidecar {
             pod,

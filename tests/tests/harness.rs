@@ -4,12 +4,7 @@
 
 use std::path::Path;
 
-use serde_json::Value;
-use skiff_tests::{python, Mesh};
-
-fn json(text: &str) -> Value {
-    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
+use skiff_tests::{json, python, Mesh};
 
 #[test]
 fn pods_reach_each_other_and_vips_are_unreachable_without_capture() {
@@ -104,6 +99,14 @@ fn every_test_program_works_directly() {
     assert_eq!(tcp["banner"], "220 hi");
     assert_eq!(tcp["reply"], "250 ok HELO skiff");
     assert_eq!(tcp["after_half_close"], "received 100012");
+
+    let out = client.exec(&format!(
+        "curl -sS -v --max-time 20 http://{ip}:8080/a http://{ip}:8080/b"
+    ));
+    assert!(
+        out.success() && out.stderr.contains("Re-using existing connection"),
+        "{out}"
+    );
 
     let out = client.exec_ok(&format!(
         "head -c 5000000 /dev/zero | curl -sS --max-time 60 -T - http://{ip}:8080/upload"
