@@ -114,7 +114,11 @@ impl ServiceMetrics {
 type ServiceKey = (Direction, Arc<str>);
 
 /// A TCP counter: its name, help text and where it lives in [`ServiceMetrics`].
-type TcpCounter = (&'static str, &'static str, fn(&ServiceMetrics) -> &AtomicU64);
+type TcpCounter = (
+    &'static str,
+    &'static str,
+    fn(&ServiceMetrics) -> &AtomicU64,
+);
 
 /// All metrics of one proxy. Built once and passed to whoever records.
 #[derive(Default)]

@@ -11,7 +11,8 @@ use skiff_tests::{json, Mesh, PathCounters, Pod, Sidecar};
 /// A server pod running `http_server.py` on 8080, a client pod, service `echo` (VIP:80 → 8080),
 /// and a sidecar in each pod.
 struct EchoSetup {
-    mesh: Mesh,
+    /// Owns the namespaces (pods and sidecars hold it alive too).
+    _mesh: Mesh,
     client: Pod,
     echo: skiff_tests::Service,
     client_sidecar: Sidecar,
@@ -32,7 +33,7 @@ fn echo_setup(label: &str) -> EchoSetup {
     let server_sidecar = server.sidecar().install();
     let client_sidecar = client.sidecar().install();
     EchoSetup {
-        mesh,
+        _mesh: mesh,
         client,
         echo,
         client_sidecar,

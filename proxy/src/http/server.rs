@@ -76,36 +76,51 @@ pub async fn serve<I>(
                 .keep_alive_interval(Duration::from_secs(60))
                 .keep_alive_timeout(Duration::from_secs(20))
                 .serve_connection(io, service);
-            drive(connection, drain, &activity, limits.idle_timeout).await;
+            drive(connection, Some(drain), &activity, limits.idle_timeout).await;
         }
         Protocol::Http1 | Protocol::Tcp => {
+            // A connection accepted while draining serves one request without keep-alive.
+            // It must not also be shut down gracefully: hyper would close it before reading
+            // the request the client has already sent.
+            let late = drain.is_draining();
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout)
                 .max_buf_size(limits.max_header_bytes)
-                // A connection accepted while draining serves one request, then closes.
-                .keep_alive(!drain.is_draining())
+                .keep_alive(!late)
                 .serve_connection(io, service)
                 .with_upgrades();
-            drive(connection, drain, &activity, limits.idle_timeout).await;
+            drive(
+                connection,
+                (!late).then_some(drain),
+                &activity,
+                limits.idle_timeout,
+            )
+            .await;
         }
     }
 }
 
-/// Runs a connection to completion; on drain or idleness asks it to finish gracefully
-/// (HTTP/1: close after the response in flight; HTTP/2: GOAWAY) and waits for that.
+/// Runs a connection to completion; on drain (when `drain` is given) or idleness asks it to
+/// finish gracefully (HTTP/1: close after the response in flight; HTTP/2: GOAWAY) and waits.
 async fn drive<C>(
     connection: C,
-    mut drain: DrainSignal,
+    drain: Option<DrainSignal>,
     activity: &Activity,
     idle_timeout: Duration,
 ) where
     C: Graceful,
 {
     let mut connection = std::pin::pin!(connection);
+    let drain_started = async move {
+        match drain {
+            Some(mut drain) => drain.started().await,
+            None => std::future::pending().await,
+        }
+    };
     let result = tokio::select! {
         result = connection.as_mut() => result,
-        () = drain.started() => {
+        () = drain_started => {
             connection.as_mut().graceful_shutdown();
             connection.await
         }
