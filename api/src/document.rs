@@ -223,6 +223,29 @@ ports:
     }
 
     #[test]
+    fn alias_bombs_and_deep_nesting_are_refused() {
+        let mut bomb = String::from("apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec:\n  x0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for level in 1..12 {
+            let previous = level - 1;
+            let refs = vec![format!("*a{previous}"); 9].join(", ");
+            bomb.push_str(&format!("  x{level}: &a{level} [{refs}]\n"));
+        }
+        let errors = parse_documents("bomb.yaml", &bomb).unwrap_err();
+        assert!(
+            errors[0].message.contains("budget"),
+            "9^11 expanded nodes must be refused: {errors:?}"
+        );
+
+        let deep = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: a}}\nspec: {}{}\n",
+            "[".repeat(5000),
+            "]".repeat(5000)
+        );
+        let errors = parse_documents("deep.yaml", &deep).unwrap_err();
+        assert_eq!(errors[0].file, "deep.yaml");
+    }
+
+    #[test]
     fn oversized_input_is_refused_before_parsing() {
         let text = "a".repeat(MAX_FILE_BYTES + 1);
         let errors = parse_documents("big.yaml", &text).unwrap_err();

@@ -241,6 +241,38 @@ mod tests {
         assert_eq!(Protocol::from_app_protocol("smoke-signals"), None);
     }
 
+    /// Not a coverage-guided fuzzer (that needs a nightly toolchain), but the same contract:
+    /// any bytes at all get a verdict without panicking, and growing input never turns a
+    /// known verdict back into "need more".
+    #[test]
+    fn arbitrary_bytes_never_panic_and_verdicts_are_stable() {
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let alphabet: &[u8] = b"GETPOSTPRI *HTTP/2.0\r\n\x16\x03 -_abc\x00\xff";
+        for _ in 0..20_000 {
+            let len = (next() % 40) as usize;
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect();
+            let mut known = None;
+            for end in 0..=bytes.len() {
+                match (classify(&bytes[..end]), known) {
+                    (Verdict::Known(p), None) => known = Some(p),
+                    (Verdict::Known(p), Some(k)) => assert_eq!(p, k, "{:?}", &bytes[..end]),
+                    (Verdict::NeedMore, Some(k)) => {
+                        panic!("{:?} was {k:?}, then undecided", &bytes[..end])
+                    }
+                    (Verdict::NeedMore, None) => {}
+                }
+            }
+        }
+    }
+
     #[tokio::test]
     async fn detection_replays_what_it_read() {
         let (mut client, mut server) = tokio::io::duplex(1024);
