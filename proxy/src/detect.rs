@@ -61,8 +61,12 @@ pub fn decide(declared: Option<Protocol>, port: u16, server_first_ports: &[u16])
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Longest method token we wait for before calling the bytes opaque.
 const MAX_METHOD_LEN: usize = 16;
+/// Longest HTTP/1 request line we wait for; longer first lines are treated as opaque.
+const MAX_REQUEST_LINE: usize = 16 * 1024;
+/// What must follow the request target on an HTTP/1 request line.
+const HTTP1_VERSION: &[u8] = b"HTTP/1.";
 
-/// The outcome of looking at the bytes read so far.
+/// The outcome of looking at the bytes read so far. Once `Known`, more bytes never change it.
 #[derive(Debug, PartialEq, Eq)]
 enum Verdict {
     Known(Protocol),
@@ -81,20 +85,47 @@ fn classify(bytes: &[u8]) -> Verdict {
             Verdict::NeedMore
         };
     }
-    // A TLS ClientHello (record type 22, version 3.x) is the app's own TLS: opaque.
+    // A TLS ClientHello (record type 22) is the app's own TLS: opaque.
     if bytes[0] == 0x16 {
         return Verdict::Known(Protocol::Tcp);
     }
-    // An HTTP/1 request line starts with a method token (RFC 9110 token characters; in
-    // practice upper-case letters) followed by a space.
+    classify_request_line(bytes)
+}
+
+/// HTTP/1 only when the first line is `METHOD SP request-target SP HTTP/1.x`; a line such as
+/// `HELO example` (SMTP on an unusual port) is opaque.
+fn classify_request_line(bytes: &[u8]) -> Verdict {
+    let opaque = Verdict::Known(Protocol::Tcp);
+    // Method: RFC 9110 token characters; in practice upper-case letters.
     let method_len = bytes
         .iter()
         .take_while(|b| b.is_ascii_uppercase() || **b == b'-' || **b == b'_')
         .count();
+    if method_len > MAX_METHOD_LEN {
+        return opaque;
+    }
     match bytes.get(method_len) {
-        Some(b' ') if method_len > 0 => Verdict::Known(Protocol::Http1),
-        None if method_len <= MAX_METHOD_LEN => Verdict::NeedMore,
-        _ => Verdict::Known(Protocol::Tcp),
+        None => return Verdict::NeedMore,
+        Some(b' ') if method_len > 0 => {}
+        Some(_) => return opaque,
+    }
+    // Request target: visible ASCII up to the next space.
+    let rest = &bytes[method_len + 1..];
+    let target_len = rest.iter().take_while(|b| b.is_ascii_graphic()).count();
+    match rest.get(target_len) {
+        None if bytes.len() < MAX_REQUEST_LINE => return Verdict::NeedMore,
+        None => return opaque,
+        Some(b' ') if target_len > 0 => {}
+        Some(_) => return opaque,
+    }
+    let version = &rest[target_len + 1..];
+    let compared = version.len().min(HTTP1_VERSION.len());
+    if version[..compared] != HTTP1_VERSION[..compared] {
+        opaque
+    } else if compared == HTTP1_VERSION.len() {
+        Verdict::Known(Protocol::Http1)
+    } else {
+        Verdict::NeedMore
     }
 }
 
@@ -116,11 +147,6 @@ pub async fn detect<T: AsyncRead + Unpin>(
             Ok(Ok(0)) | Err(_) => return Ok((Protocol::Tcp, buffer.freeze())),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e),
-        }
-        if buffer.len() >= H2_PREFACE.len().max(MAX_METHOD_LEN + 1)
-            && classify(&buffer) == Verdict::NeedMore
-        {
-            return Ok((Protocol::Tcp, buffer.freeze()));
         }
     }
 }
@@ -196,6 +222,14 @@ mod tests {
             (b"POST /x HTTP/1.1\r\n", Verdict::Known(Protocol::Http1)),
             (b"M-SEARCH * HTTP/1.1", Verdict::Known(Protocol::Http1)),
             (b"GE", Verdict::NeedMore),
+            (b"GET /index.html", Verdict::NeedMore),
+            (b"GET /index.html HTT", Verdict::NeedMore),
+            (b"GET / HTTP/1.0\r\n", Verdict::Known(Protocol::Http1)),
+            (b"HELO skiff\r\n", Verdict::Known(Protocol::Tcp)),
+            (b"AUTH PLAIN x y\r\n", Verdict::Known(Protocol::Tcp)),
+            (b"GET / FTP/1.0\r\n", Verdict::Known(Protocol::Tcp)),
+            (b"GET  / HTTP/1.1\r\n", Verdict::Known(Protocol::Tcp)),
+            (b"PING\r\n", Verdict::Known(Protocol::Tcp)),
             (
                 b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
                 Verdict::Known(Protocol::Http2),

@@ -8,6 +8,7 @@ Routes:
                       {"received": N}; memory does not grow with the body. With throttle_ms it
                       sleeps that long after each 64 KiB read: a slow consumer, so a proxy that
                       does not apply back-pressure has to buffer
+  GET  /bytes?n=N     streams N bytes ("a") with a Content-Length, in 64 KiB writes
   anything else       echoes method, path, Host header, request headers and body size as JSON
 Every response names the server (--name) so tests can tell backends apart.
 """
@@ -85,6 +86,19 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(200, json.dumps({"received": received, "server": self.server.name}).encode())
             return
         body_bytes = self.read_body()
+        if url.path == "/bytes":
+            total = int(query.get("n", ["0"])[0])
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(total))
+            self.end_headers()
+            block = b"a" * 65536
+            left = total
+            while left:
+                n = min(left, len(block))
+                self.wfile.write(block[:n])
+                left -= n
+            return
         if url.path == "/slow":
             secs = float(query.get("secs", ["3"])[0])
             sys.stderr.write("slow request started\n")

@@ -8,6 +8,7 @@ and read everything until the server closes.
 import argparse
 import json
 import socket
+import sys
 
 
 def read_line(sock, buf):
@@ -30,27 +31,33 @@ def main():
     parser.add_argument("--timeout", type=float, default=30.0)
     args = parser.parse_args()
     result = {}
-    sock = socket.create_connection((args.host, args.port), timeout=args.timeout)
     buf = b""
-    if args.banner:
-        result["banner"], buf = read_line(sock, buf)
-    sock.sendall(args.line.encode() + b"\r\n")
-    result["reply"], buf = read_line(sock, buf)
-    if args.bulk:
-        chunk = b"x" * 65536
-        left = args.bulk
-        while left:
-            n = min(left, len(chunk))
-            sock.sendall(chunk[:n])
-            left -= n
-    sock.shutdown(socket.SHUT_WR)
-    while True:
-        data = sock.recv(65536)
-        if not data:
-            break
-        buf += data
-    result["after_half_close"] = buf.decode().strip()
-    sock.close()
+    try:
+        sock = socket.create_connection((args.host, args.port), timeout=args.timeout)
+        if args.banner:
+            result["banner"], buf = read_line(sock, buf)
+        sock.sendall(args.line.encode() + b"\r\n")
+        result["reply"], buf = read_line(sock, buf)
+        if args.bulk:
+            chunk = b"x" * 65536
+            left = args.bulk
+            while left:
+                n = min(left, len(chunk))
+                sock.sendall(chunk[:n])
+                left -= n
+        sock.shutdown(socket.SHUT_WR)
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            buf += data
+        result["after_half_close"] = buf.decode().strip()
+        sock.close()
+    except Exception as e:  # report what was seen so far, for the test's failure message
+        result["error"] = repr(e)
+        result["unread"] = buf.decode(errors="replace")
+        print(json.dumps(result))
+        sys.exit(1)
     print(json.dumps(result))
 
 

@@ -114,7 +114,19 @@ fn http1_keep_alive_chunked_bodies_and_declared_protocol() {
     let echoed = json(&out);
     assert_eq!(echoed["method"], "POST");
     assert_eq!(echoed["body_bytes"], 300000);
-    counted.assert_grew_by(3.0);
+
+    // A Content-Length body sent only after `100 Continue` (curl waits up to 30 s for it). The
+    // proxy may answer the `Expect` itself, as Envoy does, so the header is not checked upstream.
+    let out = client.exec_ok(&format!(
+        "head -c 2000000 /dev/zero | curl -sS --max-time 60 --expect100-timeout 30 \
+         -H 'Expect: 100-continue' -H 'Content-Length: 2000000' --data-binary @- \
+         -w '\\n%{{http_code}}' http://{vip}/expect"
+    ));
+    let (body, status) = out.rsplit_once('\n').unwrap();
+    assert_eq!(status, "200", "{out}");
+    let echoed = json(body);
+    assert_eq!(echoed["body_bytes"], 2000000);
+    counted.assert_grew_by(4.0);
 }
 
 #[test]
@@ -279,10 +291,32 @@ fn responses_generated_by_the_proxy_name_the_reason() {
     }
 }
 
+/// Samples the sidecars' RSS (KiB) every 20 ms while `proc` runs; returns the maximum of each.
+fn max_rss_while(proc: &skiff_tests::Proc, sidecars: &[&Sidecar]) -> Vec<u64> {
+    let mut max: Vec<u64> = sidecars.iter().map(|s| s.rss_kib().unwrap_or(0)).collect();
+    while proc.is_running() {
+        for (m, sidecar) in max.iter_mut().zip(sidecars) {
+            *m = (*m).max(sidecar.rss_kib().unwrap_or(0));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    max
+}
+
+/// Panics unless `max` stays below `idle + 64 MiB`: bodies must stream, not buffer.
+fn assert_flat(what: &str, idle: u64, max: u64, bytes: u64) {
+    const BOUND_KIB: u64 = 64 * 1024;
+    eprintln!("{what}: RSS {idle} KiB idle, {max} KiB max while moving {bytes} bytes");
+    assert!(
+        max < idle + BOUND_KIB,
+        "{what} RSS grew from {idle} KiB to {max} KiB while moving {bytes} bytes: bodies are not \
+         streamed"
+    );
+}
+
 #[test]
 fn a_100_mib_streamed_upload_arrives_whole_and_sidecar_memory_stays_flat() {
     const SIZE: u64 = 100 * 1024 * 1024;
-    const BOUND_KIB: u64 = 64 * 1024;
     let s = echo_setup("http-upload");
     // Warm up pools and buffers so the idle RSS is the steady state.
     s.client.exec_ok(&format!(
@@ -307,17 +341,7 @@ fn a_100_mib_streamed_upload_arrives_whole_and_sidecar_memory_stays_flat() {
             s.echo.vip()
         ),
     );
-    let (mut max_client, mut max_server, mut samples) = (idle_client, idle_server, 0u32);
-    while upload.is_running() {
-        if let Some(rss) = s.client_sidecar.rss_kib() {
-            max_client = max_client.max(rss);
-        }
-        if let Some(rss) = s.server_sidecar.rss_kib() {
-            max_server = max_server.max(rss);
-        }
-        samples += 1;
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let max = max_rss_while(&upload, &[&s.client_sidecar, &s.server_sidecar]);
     let status = upload.wait_exit(Duration::from_secs(1));
     let log = upload.log();
     assert!(status.success(), "upload failed ({status}): {log}");
@@ -331,18 +355,34 @@ fn a_100_mib_streamed_upload_arrives_whole_and_sidecar_memory_stays_flat() {
         "the sink did not receive every byte"
     );
     counted.assert_grew_by(1.0);
-    eprintln!(
-        "upload: {samples} RSS samples; client sidecar {idle_client} -> max {max_client} KiB, \
-         server sidecar {idle_server} -> max {max_server} KiB"
+    assert_flat("client sidecar (upload)", idle_client, max[0], SIZE);
+    assert_flat("server sidecar (upload)", idle_server, max[1], SIZE);
+}
+
+#[test]
+fn a_100_mib_download_arrives_whole_and_sidecar_memory_stays_flat() {
+    const SIZE: u64 = 100 * 1024 * 1024;
+    let s = echo_setup("http-download");
+    s.client.exec_ok(&format!(
+        "curl -sS --max-time 30 -o /dev/null http://{}/bytes?n=100000",
+        s.echo.vip()
+    ));
+    let idle_client = s.client_sidecar.rss_kib().expect("client sidecar running");
+    let idle_server = s.server_sidecar.rss_kib().expect("server sidecar running");
+    // curl reads slowly (--limit-rate), so a proxy without back-pressure would buffer.
+    let download = s.client.spawn_sh(
+        "download",
+        &format!(
+            "curl -sS --max-time 600 --limit-rate 40M -o /dev/null \
+             -w '%{{http_code}} %{{size_download}}\\n' http://{}/bytes?n={SIZE}",
+            s.echo.vip()
+        ),
     );
-    assert!(
-        max_client < idle_client + BOUND_KIB,
-        "client sidecar RSS grew from {idle_client} KiB to {max_client} KiB during a \
-         {SIZE}-byte upload: bodies are not streamed"
-    );
-    assert!(
-        max_server < idle_server + BOUND_KIB,
-        "server sidecar RSS grew from {idle_server} KiB to {max_server} KiB during a \
-         {SIZE}-byte upload: bodies are not streamed"
-    );
+    let max = max_rss_while(&download, &[&s.client_sidecar, &s.server_sidecar]);
+    let status = download.wait_exit(Duration::from_secs(1));
+    let log = download.log();
+    assert!(status.success(), "download failed ({status}): {log}");
+    assert_eq!(log.trim(), format!("200 {SIZE}"), "download incomplete");
+    assert_flat("client sidecar (download)", idle_client, max[0], SIZE);
+    assert_flat("server sidecar (download)", idle_server, max[1], SIZE);
 }
