@@ -78,19 +78,28 @@ fn respond(
             );
             response
         }
-        (Surface::Admin, &Method::GET, "/config_dump") => json(&ConfigDump {
-            workload: &state.proxy.settings.workload,
-            pod_ips: &state.proxy.settings.pod_ips,
-            draining: state.drain.is_draining(),
-            snapshot: &state.proxy.snapshot.current(),
-        }),
+        (Surface::Admin, &Method::GET, "/config_dump") => {
+            let snapshot = state.proxy.snapshot.current();
+            json(&ConfigDump {
+                workload: &state.proxy.settings.workload,
+                pod_ips: &state.proxy.settings.pod_ips,
+                draining: state.drain.is_draining(),
+                source: &snapshot.source,
+                config: &snapshot.config,
+            })
+        }
         (Surface::Admin, &Method::GET, "/endpoints") => {
             let snapshot = state.proxy.snapshot.current();
             let endpoints: std::collections::BTreeMap<String, &Vec<std::net::SocketAddr>> =
                 snapshot
                     .outbound
                     .iter()
-                    .map(|(vip, target)| (format!("{} {vip}", target.name), &target.endpoints))
+                    .map(|(vip, target)| {
+                        (
+                            format!("{} {vip}", target.name),
+                            &target.endpoints.endpoints,
+                        )
+                    })
                     .collect();
             json(&endpoints)
         }
@@ -104,10 +113,12 @@ fn respond(
 
 #[derive(Serialize)]
 struct ConfigDump<'a> {
-    workload: &'a crate::app::Workload,
+    workload: &'a skiff_api::config::WorkloadRef,
     pod_ips: &'a [std::net::IpAddr],
     draining: bool,
-    snapshot: &'a crate::policy::Snapshot,
+    /// Where the configuration came from (files, or the control plane).
+    source: &'a str,
+    config: &'a skiff_api::config::ProxyConfig,
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
+use skiff_api::config::WorkloadRef;
 
 use crate::admin::{self, Surface};
 use crate::detect::SERVER_FIRST_PORTS;
@@ -16,17 +16,11 @@ use crate::listener;
 use crate::metrics::Metrics;
 use crate::policy::{Snapshot, SnapshotHandle};
 
-/// Which workload this proxy serves; names it in logs and `config_dump`.
-#[derive(Clone, Debug, Serialize)]
-pub struct Workload {
-    pub namespace: String,
-    pub name: String,
-}
-
 /// Behaviour of the data path.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    pub workload: Workload,
+    /// Which workload this proxy serves; names it to the control plane and in `config_dump`.
+    pub workload: WorkloadRef,
     /// The pod's own addresses: inbound traffic is forwarded here (one per IP family).
     pub pod_ips: Vec<IpAddr>,
     /// How long to wait for a client's first bytes before treating it as opaque TCP.
@@ -42,7 +36,7 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn new(workload: Workload, pod_ips: Vec<IpAddr>) -> Self {
+    pub fn new(workload: WorkloadRef, pod_ips: Vec<IpAddr>) -> Self {
         Settings {
             workload,
             pod_ips,

@@ -6,6 +6,12 @@ use std::io;
 /// The closed set of reasons the proxy answers a request itself (DESIGN.md §6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Failure {
+    /// The service has HTTP routes and none accepts the request.
+    NoRoute,
+    /// The matching route's backends all have weight zero (the Gateway API answers 500).
+    NoBackend,
+    /// The route's request timeout passed before the response headers arrived.
+    RequestTimeout,
     /// The destination service has no ready endpoint.
     NoHealthyEndpoint,
     /// The upstream refused or reset the TCP connection attempt.
@@ -22,6 +28,9 @@ impl Failure {
     /// Value of the `x-skiff-error` header, the access-log field and the metric label.
     pub fn flag(self) -> &'static str {
         match self {
+            Failure::NoRoute => "no-route",
+            Failure::NoBackend => "no-backend",
+            Failure::RequestTimeout => "request-timeout",
             Failure::NoHealthyEndpoint => "no-healthy-endpoint",
             Failure::ConnectFailed => "connect-failed",
             Failure::ConnectTimeout => "connect-timeout",
@@ -33,10 +42,12 @@ impl Failure {
     /// The status of the response the proxy generates for this failure.
     pub fn status(self) -> http::StatusCode {
         match self {
+            Failure::NoRoute => http::StatusCode::NOT_FOUND,
+            Failure::NoBackend => http::StatusCode::INTERNAL_SERVER_ERROR,
             Failure::NoHealthyEndpoint | Failure::ConnectFailed => {
                 http::StatusCode::SERVICE_UNAVAILABLE
             }
-            Failure::ConnectTimeout => http::StatusCode::GATEWAY_TIMEOUT,
+            Failure::ConnectTimeout | Failure::RequestTimeout => http::StatusCode::GATEWAY_TIMEOUT,
             Failure::UpstreamReset | Failure::UpstreamProtocol => http::StatusCode::BAD_GATEWAY,
         }
     }
@@ -89,6 +100,9 @@ mod tests {
     #[test]
     fn every_failure_has_a_status_and_a_distinct_flag() {
         let table = [
+            (Failure::NoRoute, 404),
+            (Failure::NoBackend, 500),
+            (Failure::RequestTimeout, 504),
             (Failure::NoHealthyEndpoint, 503),
             (Failure::ConnectFailed, 503),
             (Failure::ConnectTimeout, 504),

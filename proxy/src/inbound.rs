@@ -74,7 +74,7 @@ fn service_of(
 ) -> (Arc<str>, detect::Decision) {
     match snapshot.inbound.get(&port) {
         Some(target) => (
-            target.name.clone(),
+            target.service.clone(),
             detect::decide(target.protocol, port, server_first_ports),
         ),
         None => (

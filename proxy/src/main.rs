@@ -23,6 +23,8 @@ mod listener;
 mod metrics;
 mod outbound;
 mod policy;
+mod route;
+mod standalone;
 mod tcp;
 
 use std::net::IpAddr;
@@ -143,14 +145,12 @@ fn init(args: InitArgs) -> anyhow::Result<()> {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    let snapshot = policy::load(&args.policy, &args.pod_ip)?;
-    let mut settings = app::Settings::new(
-        app::Workload {
-            namespace: args.namespace,
-            name: args.workload,
-        },
-        args.pod_ip,
-    );
+    let workload = skiff_api::config::WorkloadRef {
+        namespace: args.namespace,
+        name: args.workload,
+    };
+    let snapshot = policy::load(&args.policy, &workload, &args.pod_ip)?;
+    let mut settings = app::Settings::new(workload, args.pod_ip);
     settings.drain_period = args.drain_period;
     settings.detect_timeout = args.detect_timeout;
     let runtime = if args.workers <= 1 {
@@ -201,7 +201,7 @@ async fn reload_on_hangup(proxy: std::sync::Arc<app::Proxy>, paths: Vec<PathBuf>
         return;
     };
     while hangup.recv().await.is_some() {
-        match policy::load(&paths, &proxy.settings.pod_ips) {
+        match policy::load(&paths, &proxy.settings.workload, &proxy.settings.pod_ips) {
             Ok(snapshot) => {
                 tracing::info!(services = snapshot.outbound.len(), "policy reloaded");
                 proxy.snapshot.replace(snapshot);

@@ -71,7 +71,6 @@ pub async fn handle(proxy: Arc<Proxy>, stream: TcpStream) {
 mod tests {
     use super::*;
     use crate::detect::{Protocol, SERVER_FIRST_PORTS};
-    use std::path::Path;
 
     const POLICY: &str = "\
 apiVersion: v1
@@ -87,7 +86,10 @@ spec:
 
     #[test]
     fn plans_by_original_destination() {
-        let snapshot = crate::policy::load_text(Path::new("p.yaml"), POLICY, &[]).unwrap();
+        let workload = skiff_api::config::WorkloadRef::default();
+        let files = [("p.yaml".to_string(), POLICY.to_string())];
+        let config = crate::standalone::standalone_config(&files, &workload, &[]).unwrap();
+        let snapshot = Snapshot::from_config("test".into(), config).unwrap();
         let table = [
             ("10.96.0.1:80", Some(Decision::Declared(Protocol::Http2))),
             ("10.96.0.1:5432", Some(Decision::ServerFirst)),

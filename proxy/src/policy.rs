@@ -1,40 +1,40 @@
 //! The configuration snapshot every connection decides from: which VIP:port is which service,
-//! its endpoints and declared protocol. Immutable once built; a new policy builds a new one.
-//!
-//! In standalone mode the snapshot is loaded from local YAML files holding Kubernetes
-//! `Service` and `EndpointSlice` documents (the same documents the control plane will serve).
+//! its endpoints, declared protocol and routes. Built from a [`ProxyConfig`] (streamed by the
+//! control plane, or computed from local files in standalone mode); immutable once built.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
-use serde::Serialize;
-use skiff_api::k8s::{EndpointSlice, Service};
-use skiff_api::{parse_documents, DocumentError, Resource};
+use skiff_api::config::{AppProtocol, ProxyConfig, WorkloadRef};
 
 use crate::detect::Protocol;
+use crate::route::{CompileError, Route};
+use crate::standalone::standalone_config;
 
-/// One port of one Service, with the endpoints behind it.
-#[derive(Debug, Serialize)]
-pub struct ServiceTarget {
-    /// `namespace/name`; the metric label and the name in logs.
-    pub name: Arc<str>,
-    /// The port the app dials on the VIP.
-    pub port: u16,
-    /// From the port's `appProtocol`; `None` means detect from the first bytes.
-    pub protocol: Option<Protocol>,
-    /// Ready endpoints (pod IP and resolved target port).
+/// The ready endpoints of one port of one service, and the balancer's cursor over them.
+#[derive(Debug)]
+pub struct EndpointSet {
+    /// `namespace/name` of the service; the metric label and the name in logs.
+    pub service: Arc<str>,
     pub endpoints: Vec<SocketAddr>,
     /// Round-robin cursor; balancer state that lives as long as this snapshot.
-    #[serde(skip)]
     next: AtomicUsize,
 }
 
-impl ServiceTarget {
-    /// Picks the next endpoint round-robin, or `None` when the service has none ready.
-    pub fn pick_endpoint(&self) -> Option<SocketAddr> {
+impl EndpointSet {
+    pub fn new(service: Arc<str>, endpoints: Vec<SocketAddr>) -> Self {
+        EndpointSet {
+            service,
+            endpoints,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Picks the next endpoint round-robin, or `None` when none is ready.
+    pub fn pick(&self) -> Option<SocketAddr> {
         if self.endpoints.is_empty() {
             return None;
         }
@@ -43,16 +43,58 @@ impl ServiceTarget {
     }
 }
 
+/// One port of one Service, as the outbound side sees it.
+#[derive(Debug)]
+pub struct ServiceTarget {
+    /// `namespace/name`.
+    pub name: Arc<str>,
+    /// From the port's `appProtocol`; `None` means detect from the first bytes.
+    pub protocol: Option<Protocol>,
+    /// Where requests go when the service has no routes (and opaque TCP always).
+    pub endpoints: Arc<EndpointSet>,
+    /// HTTPRoute rules in precedence order; when non-empty, a request no rule accepts is
+    /// answered 404.
+    pub routes: Vec<Route>,
+}
+
+impl ServiceTarget {
+    pub fn pick_endpoint(&self) -> Option<SocketAddr> {
+        self.endpoints.pick()
+    }
+}
+
+/// A port of this workload that a Service targets.
+#[derive(Debug, Clone)]
+pub struct InboundTarget {
+    pub service: Arc<str>,
+    pub protocol: Option<Protocol>,
+}
+
 /// Everything a proxy knows about the mesh at one point in time.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default)]
 pub struct Snapshot {
-    /// Where the snapshot came from and when, for `/config_dump`.
+    /// Where the snapshot came from, for `/config_dump` and logs.
     pub source: String,
     /// Service ports by VIP:port (every cluster IP of the service).
     pub outbound: BTreeMap<SocketAddr, Arc<ServiceTarget>>,
-    /// Service ports this pod is an endpoint of, by target port: names inbound metrics and
-    /// carries the declared protocol.
-    pub inbound: BTreeMap<u16, Arc<ServiceTarget>>,
+    /// Ports of this pod that Services target, by port.
+    pub inbound: BTreeMap<u16, InboundTarget>,
+    /// The configuration this snapshot was built from, shown by `/config_dump`.
+    pub config: ProxyConfig,
+}
+
+/// Why a configuration cannot be applied; the snapshot in force stays.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Route(#[from] CompileError),
+    #[error("service {service}: {vip}:{port} is also the address of service {other}")]
+    DuplicateAddress {
+        service: String,
+        vip: IpAddr,
+        port: u16,
+        other: String,
+    },
 }
 
 impl Snapshot {
@@ -61,213 +103,81 @@ impl Snapshot {
         self.outbound.get(&original_dst)
     }
 
-    /// Builds a snapshot from parsed resources, as seen from the pod with `pod_ips`.
-    pub fn build(
-        source: String,
-        resources: &[Resource],
-        pod_ips: &[IpAddr],
-    ) -> Result<Snapshot, Vec<String>> {
-        let mut errors = Vec::new();
-        let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
-        for resource in resources {
-            if let Resource::EndpointSlice(slice) = resource {
-                match slice.service_name() {
-                    Some(service) => slices
-                        .entry((slice.metadata.namespace.as_str(), service))
-                        .or_default()
-                        .push(slice),
-                    None => errors.push(format!(
-                        "EndpointSlice {}/{}: metadata.labels: missing kubernetes.io/service-name",
-                        slice.metadata.namespace, slice.metadata.name
-                    )),
+    /// Compiles a configuration into a snapshot (routes compiled, backends resolved).
+    pub fn from_config(source: String, config: ProxyConfig) -> Result<Snapshot, SnapshotError> {
+        let mut sets: BTreeMap<(&str, u16), Arc<EndpointSet>> = BTreeMap::new();
+        for service in &config.services {
+            let name: Arc<str> = Arc::from(service.name.as_str());
+            for port in &service.ports {
+                let endpoints = port.endpoints.iter().map(|e| e.addr).collect();
+                sets.insert(
+                    (&service.name, port.port),
+                    Arc::new(EndpointSet::new(name.clone(), endpoints)),
+                );
+            }
+        }
+        let mut outbound = BTreeMap::new();
+        for service in &config.services {
+            for port in &service.ports {
+                let endpoints = sets[&(service.name.as_str(), port.port)].clone();
+                let routes = port
+                    .routes
+                    .iter()
+                    .map(|route| {
+                        Route::compile(route, |name, port| sets.get(&(name, port)).cloned())
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let target = Arc::new(ServiceTarget {
+                    name: endpoints.service.clone(),
+                    protocol: port.protocol.map(protocol),
+                    endpoints,
+                    routes,
+                });
+                for vip in &service.vips {
+                    let addr = SocketAddr::new(*vip, port.port);
+                    if let Some(other) = outbound.insert(addr, target.clone()) {
+                        return Err(SnapshotError::DuplicateAddress {
+                            service: service.name.clone(),
+                            vip: *vip,
+                            port: port.port,
+                            other: other.name.to_string(),
+                        });
+                    }
                 }
             }
         }
-        let mut snapshot = Snapshot {
-            source,
-            ..Snapshot::default()
-        };
-        for resource in resources {
-            let Resource::Service(service) = resource else {
-                continue;
-            };
-            let service_slices = slices
-                .get(&(
-                    service.metadata.namespace.as_str(),
-                    service.metadata.name.as_str(),
-                ))
-                .map(Vec::as_slice)
-                .unwrap_or_default();
-            if let Err(e) = add_service(&mut snapshot, service, service_slices, pod_ips) {
-                errors.push(e);
-            }
-        }
-        if errors.is_empty() {
-            Ok(snapshot)
-        } else {
-            Err(errors)
-        }
-    }
-}
-
-fn add_service(
-    snapshot: &mut Snapshot,
-    service: &Service,
-    slices: &[&EndpointSlice],
-    pod_ips: &[IpAddr],
-) -> Result<(), String> {
-    let name: Arc<str> = Arc::from(format!(
-        "{}/{}",
-        service.metadata.namespace, service.metadata.name
-    ));
-    let mut vips = Vec::new();
-    for (index, ip) in service
-        .spec
-        .cluster_ip
-        .iter()
-        .chain(&service.spec.cluster_ips)
-        .enumerate()
-    {
-        if ip == "None" || ip.is_empty() {
-            continue; // headless: apps dial pod IPs directly
-        }
-        let field = if index == 0 {
-            "spec.clusterIP".to_string()
-        } else {
-            format!("spec.clusterIPs[{}]", index - 1)
-        };
-        let vip: IpAddr = ip
-            .parse()
-            .map_err(|_| format!("Service {name}: {field}: {ip:?} is not an IP address"))?;
-        if !vips.contains(&vip) {
-            vips.push(vip);
-        }
-    }
-    for (index, port) in service.spec.ports.iter().enumerate() {
-        if port.protocol.as_deref().is_some_and(|p| p != "TCP") {
-            continue; // UDP and SCTP are not proxied
-        }
-        let protocol = match port.app_protocol.as_deref() {
-            Some(declared) => Protocol::from_app_protocol(declared)
-                .ok_or_else(|| format!("Service {name}: spec.ports[{index}].appProtocol: unknown value {declared:?}"))
-                .map(Some)?,
-            None => None,
-        };
-        let mut endpoints = Vec::new();
-        for slice in slices {
-            let Some(slice_port) = slice
-                .ports
-                .iter()
-                .find(|p| p.name.as_deref().unwrap_or("") == port.name.as_deref().unwrap_or(""))
-            else {
-                continue;
-            };
-            let Some(target_port) = slice_port.port else {
-                continue;
-            };
-            for endpoint in slice.endpoints.iter().filter(|e| e.conditions.is_ready()) {
-                let Some(address) = endpoint.addresses.first() else {
-                    continue;
-                };
-                let ip: IpAddr = address.parse().map_err(|_| {
-                    format!(
-                        "EndpointSlice {}/{}: endpoints[].addresses: {address:?} is not an IP address",
-                        slice.metadata.namespace, slice.metadata.name
-                    )
-                })?;
-                endpoints.push(SocketAddr::new(ip, target_port));
-            }
-        }
-        let target = Arc::new(ServiceTarget {
-            name: name.clone(),
-            port: port.port,
-            protocol,
-            endpoints,
-            next: AtomicUsize::new(0),
-        });
-        for endpoint in &target.endpoints {
-            if pod_ips.contains(&endpoint.ip()) {
-                snapshot
-                    .inbound
-                    .entry(endpoint.port())
-                    .or_insert_with(|| target.clone());
-            }
-        }
-        for vip in &vips {
-            let addr = SocketAddr::new(*vip, port.port);
-            if let Some(existing) = snapshot.outbound.insert(addr, target.clone()) {
-                return Err(format!(
-                    "Service {name}: {addr} is also the address of Service {}",
-                    existing.name
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Why the policy files could not be loaded; the previous snapshot (if any) stays in force.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error("cannot read policy {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("invalid policy:\n{}", .0.join("\n"))]
-    Invalid(Vec<String>),
-}
-
-/// Reads every `.yaml`/`.yml` file under the given files or directories (sorted, not
-/// recursive) and builds a snapshot for the pod with `pod_ips`. Every problem is reported.
-pub fn load(paths: &[PathBuf], pod_ips: &[IpAddr]) -> Result<Snapshot, LoadError> {
-    let mut files = Vec::new();
-    for path in paths {
-        let read_error = |source| LoadError::Read {
-            path: path.clone(),
-            source,
-        };
-        if path.is_dir() {
-            let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
-                .map_err(read_error)?
-                .filter_map(|entry| entry.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
-                .collect();
-            entries.sort();
-            files.extend(entries);
-        } else {
-            files.push(path.clone());
-        }
-    }
-    let mut resources = Vec::new();
-    let mut errors = Vec::new();
-    for file in &files {
-        let text = std::fs::read_to_string(file).map_err(|source| LoadError::Read {
-            path: file.clone(),
-            source,
-        })?;
-        match parse_documents(&file.display().to_string(), &text) {
-            Ok(parsed) => resources.extend(parsed),
-            Err(problems) => errors.extend(problems.iter().map(DocumentError::to_string)),
-        }
-    }
-    if !errors.is_empty() {
-        return Err(LoadError::Invalid(errors));
-    }
-    let source = format!(
-        "files: {}",
-        files
+        let inbound = config
+            .inbound
             .iter()
-            .map(|f| f.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    Snapshot::build(source, &resources, pod_ips).map_err(LoadError::Invalid)
+            .map(|p| {
+                (
+                    p.port,
+                    InboundTarget {
+                        service: Arc::from(p.service.as_str()),
+                        protocol: p.protocol.map(protocol),
+                    },
+                )
+            })
+            .collect();
+        Ok(Snapshot {
+            source,
+            outbound,
+            inbound,
+            config,
+        })
+    }
+}
+
+fn protocol(declared: AppProtocol) -> Protocol {
+    match declared {
+        AppProtocol::Http1 => Protocol::Http1,
+        AppProtocol::Http2 => Protocol::Http2,
+        AppProtocol::Tcp => Protocol::Tcp,
+    }
 }
 
 /// The snapshot in force, swapped whole when policy changes. Readers clone the `Arc` and
-/// never hold the lock across an `.await`.
+/// never hold the lock across an `.await`; connections keep the snapshot they started with.
 #[derive(Default)]
 pub struct SnapshotHandle {
     current: RwLock<Arc<Snapshot>>,
@@ -295,125 +205,172 @@ impl SnapshotHandle {
     }
 }
 
-/// Builds a snapshot from the text of one policy file.
-#[cfg(test)]
-pub fn load_text(
-    file: &std::path::Path,
-    text: &str,
+/// Why local policy files could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read policy {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid policy:\n{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+}
+
+/// Reads every `.yaml`/`.yml` file under the given files or directories (sorted, not
+/// recursive) and builds the snapshot for `workload` with `pod_ips`. Every problem is reported.
+pub fn load(
+    paths: &[PathBuf],
+    workload: &WorkloadRef,
     pod_ips: &[IpAddr],
 ) -> Result<Snapshot, LoadError> {
-    let resources = parse_documents(&file.display().to_string(), text).map_err(|problems| {
-        LoadError::Invalid(problems.iter().map(DocumentError::to_string).collect())
-    })?;
-    Snapshot::build(file.display().to_string(), &resources, pod_ips).map_err(LoadError::Invalid)
+    let mut files = Vec::new();
+    for path in paths {
+        let read_error = |source| LoadError::Read {
+            path: path.clone(),
+            source,
+        };
+        if path.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(read_error)?
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+                .collect();
+            entries.sort();
+            files.extend(entries);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    let mut texts = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).map_err(|source| LoadError::Read {
+            path: file.clone(),
+            source,
+        })?;
+        texts.push((file.display().to_string(), text));
+    }
+    let config = standalone_config(&texts, workload, pod_ips)?;
+    let source = format!(
+        "files: {}",
+        files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(Snapshot::from_config(source, config)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
+    use skiff_api::config::{
+        Backend, Endpoint, HeaderModifier, InboundPort, PortConfig, Route as RouteConfig,
+        ServiceConfig,
+    };
 
-    const POLICY: &str = "\
-apiVersion: v1
-kind: Service
-metadata: {name: echo, namespace: shop}
-spec:
-  clusterIP: 10.96.0.10
-  ports:
-  - {name: http, port: 80, targetPort: 8080, appProtocol: http}
-  - {name: db, port: 5432, targetPort: 5432}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: echo-1
-  namespace: shop
-  labels: {kubernetes.io/service-name: echo}
-addressType: IPv4
-endpoints:
-- addresses: [10.0.0.5]
-- addresses: [10.0.0.6]
-  conditions: {ready: true}
-- addresses: [10.0.0.7]
-  conditions: {ready: false}
-ports:
-- {name: http, port: 8080}
-- {name: db, port: 5432}
-";
+    fn service(name: &str, vip: &str, endpoint: &str, routes: Vec<RouteConfig>) -> ServiceConfig {
+        ServiceConfig {
+            name: name.into(),
+            vips: vec![vip.parse().unwrap()],
+            ports: vec![PortConfig {
+                port: 80,
+                protocol: Some(AppProtocol::Http1),
+                endpoints: vec![Endpoint {
+                    addr: endpoint.parse().unwrap(),
+                    workload: None,
+                }],
+                routes,
+            }],
+        }
+    }
 
-    fn snapshot(pod_ip: &str) -> Snapshot {
-        load_text(Path::new("policy.yaml"), POLICY, &[pod_ip.parse().unwrap()]).unwrap()
+    fn split(backends: &[(&str, u32)]) -> RouteConfig {
+        RouteConfig {
+            route: "default/split".into(),
+            rule: 0,
+            matches: vec![],
+            request_headers: HeaderModifier::default(),
+            response_headers: HeaderModifier::default(),
+            backends: backends
+                .iter()
+                .map(|(s, w)| Backend {
+                    service: (*s).into(),
+                    port: 80,
+                    weight: *w,
+                })
+                .collect(),
+            timeout: None,
+            backend_timeout: None,
+        }
     }
 
     #[test]
-    fn vip_ports_map_to_ready_endpoints_on_the_target_port() {
-        let snapshot = snapshot("10.0.0.9");
-        let http = snapshot
-            .service_at("10.96.0.10:80".parse().unwrap())
-            .unwrap();
-        assert_eq!(&*http.name, "shop/echo");
-        assert_eq!(http.protocol, Some(Protocol::Http1));
-        assert_eq!(
-            http.endpoints,
-            vec![
-                "10.0.0.5:8080".parse().unwrap(),
-                "10.0.0.6:8080".parse().unwrap()
-            ]
-        );
-        let db = snapshot
-            .service_at("10.96.0.10:5432".parse().unwrap())
-            .unwrap();
-        assert_eq!(db.protocol, None);
-        assert!(snapshot
-            .service_at("10.96.0.10:81".parse().unwrap())
-            .is_none());
-        assert!(snapshot.inbound.is_empty(), "10.0.0.9 is no endpoint");
-    }
-
-    #[test]
-    fn round_robin_visits_every_endpoint() {
-        let snapshot = snapshot("10.0.0.9");
-        let http = snapshot
-            .service_at("10.96.0.10:80".parse().unwrap())
-            .unwrap();
-        let picks: Vec<_> = (0..4)
-            .map(|_| http.pick_endpoint().unwrap().ip().to_string())
-            .collect();
-        assert_eq!(picks, ["10.0.0.5", "10.0.0.6", "10.0.0.5", "10.0.0.6"]);
-    }
-
-    #[test]
-    fn an_endpoint_pod_knows_its_inbound_services() {
-        let snapshot = snapshot("10.0.0.5");
-        assert_eq!(&*snapshot.inbound[&8080].name, "shop/echo");
-        assert_eq!(&*snapshot.inbound[&5432].name, "shop/echo");
-    }
-
-    #[test]
-    fn invalid_values_are_reported_with_their_field() {
-        let text = POLICY
-            .replace("appProtocol: http", "appProtocol: carrier-pigeon")
-            .replace("10.96.0.10", "10.96.0.300");
-        let Err(LoadError::Invalid(errors)) = load_text(Path::new("p.yaml"), &text, &[]) else {
-            panic!("accepted")
+    fn routes_resolve_their_backends_to_other_services_endpoints() {
+        let config = ProxyConfig {
+            services: vec![
+                service(
+                    "default/web",
+                    "10.96.0.1",
+                    "10.0.0.1:8080",
+                    vec![split(&[("default/web-v2", 1)])],
+                ),
+                service("default/web-v2", "10.96.0.2", "10.0.0.2:8080", vec![]),
+            ],
+            inbound: vec![InboundPort {
+                port: 8080,
+                service: "default/web".into(),
+                protocol: None,
+            }],
+            ..ProxyConfig::default()
         };
-        assert_eq!(errors.len(), 1, "{errors:?}");
-        assert!(errors[0].contains("spec.clusterIP"), "{errors:?}");
+        let snapshot = Snapshot::from_config("test".into(), config).unwrap();
+        let web = snapshot
+            .service_at("10.96.0.1:80".parse().unwrap())
+            .unwrap();
+        assert_eq!(web.protocol, Some(Protocol::Http1));
+        let backend = web.routes[0].pick_backend().unwrap();
+        assert_eq!(&*backend.service, "default/web-v2");
+        assert_eq!(backend.pick(), Some("10.0.0.2:8080".parse().unwrap()));
+        assert_eq!(&*snapshot.inbound[&8080].service, "default/web");
     }
 
     #[test]
-    fn two_services_on_one_address_are_refused() {
-        let text = format!(
-            "{POLICY}---\n{}",
-            POLICY
-                .split("---")
-                .next()
-                .unwrap()
-                .replace("name: echo,", "name: other,")
-        );
-        let Err(LoadError::Invalid(errors)) = load_text(Path::new("p.yaml"), &text, &[]) else {
-            panic!("accepted")
+    fn unknown_backends_and_shared_addresses_are_refused() {
+        let dangling = ProxyConfig {
+            services: vec![service(
+                "default/web",
+                "10.96.0.1",
+                "10.0.0.1:8080",
+                vec![split(&[("default/gone", 1)])],
+            )],
+            ..ProxyConfig::default()
         };
-        assert!(errors[0].contains("also the address"), "{errors:?}");
+        let error = Snapshot::from_config("test".into(), dangling).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("default/gone:80 is not in the configuration"),
+            "{error}"
+        );
+
+        let shared = ProxyConfig {
+            services: vec![
+                service("default/a", "10.96.0.1", "10.0.0.1:8080", vec![]),
+                service("default/b", "10.96.0.1", "10.0.0.2:8080", vec![]),
+            ],
+            ..ProxyConfig::default()
+        };
+        let error = Snapshot::from_config("test".into(), shared).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("also the address of service default/a"),
+            "{error}"
+        );
     }
 }

@@ -10,11 +10,14 @@ Routes:
                       does not apply back-pressure has to buffer
   GET  /bytes?n=N     streams N bytes ("a") with a Content-Length, in 64 KiB writes
   anything else       echoes method, path, Host header, request headers and body size as JSON
-Every response names the server (--name) so tests can tell backends apart.
+Every response names the server (--name) so tests can tell backends apart. --bind takes an IPv4
+or IPv6 address ("::" listens on both families).
 """
 
 import argparse
 import json
+import socket
+import socketserver
 import sys
 import time
 import urllib.parse
@@ -127,7 +130,20 @@ def main():
     parser.add_argument("--bind", default="0.0.0.0")
     parser.add_argument("--name", default="http-server")
     args = parser.parse_args()
-    server = ThreadingHTTPServer((args.bind, args.port), Handler)
+    server_class = ThreadingHTTPServer
+    if ":" in args.bind:
+        # An IPv6 address ("::" also accepts IPv4 unless net.ipv6.bindv6only is set).
+        class server_class(ThreadingHTTPServer):
+            address_family = socket.AF_INET6
+
+            def server_bind(self):
+                # HTTPServer.server_bind would look up getfqdn("::1"): a DNS query that a pod
+                # namespace can only time out on.
+                socketserver.TCPServer.server_bind(self)
+                self.server_name = "localhost"
+                self.server_port = self.server_address[1]
+
+    server = server_class((args.bind, args.port), Handler)
     server.daemon_threads = True
     server.name = args.name
     sys.stderr.write("listening on %s:%d\n" % (args.bind, args.port))

@@ -5,10 +5,12 @@
 //! - [`mesh`]: one [`Mesh`] per test — a unique id, a "network" namespace holding a bridge, a
 //!   per-mesh /24 for pods and one for service VIPs, a temp dir for logs and policy, and the
 //!   cleanup (in `Drop`, so it also runs when a test panics) plus a sweep of stale namespaces.
+//!   [`Mesh::new_dual_stack`] adds a ULA /64 for pods and one for IPv6 VIPs.
 //! - [`pod`]: a [`Pod`] is a namespace on that bridge; run commands in it, spawn servers, install
 //!   a sidecar ([`Sidecar`]): `skiff-proxy init`, then `skiff-proxy run` as UID 1337.
 //! - [`process`]: a spawned process ([`Proc`]) with its log file, signals and memory (VmRSS).
-//! - [`policy`]: renders a Kubernetes `Service` + `EndpointSlice` into the mesh's policy dir.
+//! - [`policy`]: renders a Kubernetes `Service` + `EndpointSlice` into the mesh's policy dir
+//!   (dual-stack: both VIPs in `clusterIPs`, one EndpointSlice per address family).
 //! - [`counters`]: proof that traffic went through both sidecars (client outbound, server
 //!   inbound counters grew).
 //! - [`metrics`]: parses the Prometheus text a sidecar serves on 15020.
@@ -45,7 +47,7 @@ pub use counters::PathCounters;
 pub use mesh::Mesh;
 pub use metrics::Metrics;
 pub use pod::{Output, Pod, Sidecar, SidecarBuilder};
-pub use policy::{Service, ServiceBuilder};
+pub use policy::{Families, Service, ServiceBuilder};
 pub use process::Proc;
 
 /// The directory cargo builds into: `$CARGO_TARGET_DIR`, else the workspace's `target/`.

@@ -2,13 +2,18 @@
 //! attached to it by veth pairs, a /24 for pod IPs and a /24 for service VIPs that no interface
 //! owns (so a VIP is reachable only through capture), and a temp dir for logs and policy.
 //!
+//! A dual-stack mesh ([`Mesh::new_dual_stack`]) adds IPv6 inside its own namespaces only: a ULA
+//! /64 for pods (`fd00:5c1f:K::/64`, the bridge is `::1`, a default route via it) and a ULA /64
+//! for service VIPs that no interface owns (`fd00:5c1f:K:96::/64`). Addresses are added with
+//! `nodad` and DAD is off in every namespace, so they are usable at once.
+//!
 //! Names are `skt{pid%10000}x{n}` (+ `-net`, `-p{i}`: at most 15 characters), claimed atomically
 //! by a marker file under `/run/skiff-tests/` that records the owner's pid and start time, so two
 //! test processes never collide and a later run can sweep what a killed run left behind.
 
 use std::fs;
 use std::io::{ErrorKind, Write};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Once};
@@ -23,6 +28,12 @@ pub const PREFIX: &str = "skt";
 
 /// Where ownership markers live (tmpfs, like /run/netns).
 const MARKER_DIR: &str = "/run/skiff-tests";
+
+/// First two hextets of every IPv6 address the harness hands out (a ULA, inside fd00::/8).
+const ULA: [u16; 2] = [0xfd00, 0x5c1f];
+
+/// Fourth hextet of the IPv6 VIP /64 (the pod /64 has 0 there), after 10.96.
+const VIP6_SUBNET: u16 = 0x96;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 static SWEEP: Once = Once::new();
@@ -44,6 +55,9 @@ pub(crate) struct MeshInner {
     pub(crate) pod_net: [u8; 3],
     /// First three octets of the VIP subnet (10.96.c.0/24).
     pub(crate) vip_net: [u8; 3],
+    /// Dual-stack meshes: the third hextet `K` of the pod /64 (`fd00:5c1f:K::/64`) and of the
+    /// VIP /64 (`fd00:5c1f:K:96::/64`). `None`: IPv4 only.
+    pub(crate) net6: Option<u16>,
     /// Temp dir for logs (`logs/`) and policy (`policy/`).
     pub(crate) dir: PathBuf,
     /// Our claim on `id`.
@@ -64,9 +78,21 @@ pub(crate) struct State {
 }
 
 impl Mesh {
-    /// Creates the network namespace and its bridge. Panics (loudly, never skips) when not root
-    /// or when namespaces cannot be created.
+    /// Creates the network namespace and its bridge (IPv4 only). Panics (loudly, never skips)
+    /// when not root or when namespaces cannot be created.
     pub fn new(label: &str) -> Mesh {
+        Mesh::create(label, false)
+    }
+
+    /// Like [`Mesh::new`], plus IPv6: the bridge and every pod also get an address from the
+    /// mesh's ULA /64 (pods a default IPv6 route via the bridge), services get an IPv6 VIP too
+    /// (`clusterIPs` lists both, with a second EndpointSlice of `addressType: IPv6`), and
+    /// sidecars are started with `--pod-ip V4,V6`.
+    pub fn new_dual_stack(label: &str) -> Mesh {
+        Mesh::create(label, true)
+    }
+
+    fn create(label: &str, dual_stack: bool) -> Mesh {
         crate::require_root();
         SWEEP.call_once(sweep_stale);
         let pid = std::process::id();
@@ -75,6 +101,7 @@ impl Mesh {
         let k = (pid % 10000) * 97 + n * 7919;
         let pod_net = [10, 100 + ((k / 256) % 90) as u8, (k % 256) as u8];
         let vip_net = [10, 96, (k % 256) as u8];
+        let net6 = dual_stack.then_some((k % 0xffff) as u16 + 1);
         let dir = std::env::temp_dir().join("skiff-tests").join(&id);
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("logs")).expect("create mesh log dir");
@@ -85,6 +112,7 @@ impl Mesh {
             label: label.to_string(),
             pod_net,
             vip_net,
+            net6,
             dir,
             marker,
             state: Mutex::new(State::default()),
@@ -99,13 +127,37 @@ impl Mesh {
     fn create_network(&self) {
         let ns = &self.inner.net_ns;
         add_netns(ns);
+        if self.is_dual_stack() {
+            enable_ipv6(ns);
+        }
         let bridge_cidr = format!("{}/24", self.bridge_ip());
-        for argv in [
+        let mut steps = vec![
             vec!["ip", "-n", ns, "link", "set", "lo", "up"],
             vec!["ip", "-n", ns, "link", "add", "br0", "type", "bridge"],
             vec!["ip", "-n", ns, "addr", "add", &bridge_cidr, "dev", "br0"],
-            vec!["ip", "-n", ns, "link", "set", "br0", "up"],
-        ] {
+        ];
+        let bridge_cidr6 = self.bridge_ip6().map(|ip| format!("{ip}/64"));
+        if let Some(cidr6) = &bridge_cidr6 {
+            // Without multicast snooping the bridge floods neighbour solicitations to every
+            // port, whatever MLD reports it has (not) seen.
+            steps.push(vec![
+                "ip",
+                "-n",
+                ns,
+                "link",
+                "set",
+                "br0",
+                "type",
+                "bridge",
+                "mcast_snooping",
+                "0",
+            ]);
+            steps.push(vec![
+                "ip", "-n", ns, "-6", "addr", "add", cidr6, "dev", "br0", "nodad",
+            ]);
+        }
+        steps.push(vec!["ip", "-n", ns, "link", "set", "br0", "up"]);
+        for argv in steps {
             process::run_ok(&argv);
         }
     }
@@ -122,6 +174,7 @@ impl Mesh {
         let ns = format!("{}-p{index}", self.inner.id);
         let [a, b, c] = self.inner.pod_net;
         let ip = Ipv4Addr::new(a, b, c, 10 + index);
+        let ip6 = self.inner.net6.map(|k| ula(k, 0, u16::from(10 + index)));
         // Register before creating, so a half-built pod is still cleaned up.
         self.inner
             .state
@@ -130,11 +183,15 @@ impl Mesh {
             .pod_namespaces
             .push(ns.clone());
         add_netns(&ns);
+        if ip6.is_some() {
+            // Before eth0 exists, so it inherits the `default` settings (no DAD).
+            enable_ipv6(&ns);
+        }
         let peer = format!("v{index}");
         let cidr = format!("{ip}/24");
         let gateway = self.bridge_ip().to_string();
         let net = self.inner.net_ns.as_str();
-        for argv in [
+        let mut steps = vec![
             vec!["ip", "-n", &ns, "link", "set", "lo", "up"],
             vec![
                 "ip", "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", &peer,
@@ -145,10 +202,21 @@ impl Mesh {
             vec!["ip", "-n", &ns, "addr", "add", &cidr, "dev", "eth0"],
             vec!["ip", "-n", &ns, "link", "set", "eth0", "up"],
             vec!["ip", "-n", &ns, "route", "add", "default", "via", &gateway],
-        ] {
+        ];
+        let cidr6 = ip6.map(|ip6| format!("{ip6}/64"));
+        let gateway6 = self.bridge_ip6().map(|gw| gw.to_string());
+        if let (Some(cidr6), Some(gateway6)) = (&cidr6, &gateway6) {
+            steps.push(vec![
+                "ip", "-n", &ns, "-6", "addr", "add", cidr6, "dev", "eth0", "nodad",
+            ]);
+            steps.push(vec![
+                "ip", "-n", &ns, "-6", "route", "add", "default", "via", gateway6, "dev", "eth0",
+            ]);
+        }
+        for argv in steps {
             process::run_ok(&argv);
         }
-        Pod::new(self.inner.clone(), name, ns, ip)
+        Pod::new(self.inner.clone(), name, ns, ip, ip6)
     }
 
     /// Starts declaring a Service (and its EndpointSlice) in the mesh's policy dir.
@@ -158,7 +226,21 @@ impl Mesh {
 
     /// A fresh VIP from the mesh's service range (owned by no interface).
     pub fn vip(&self) -> Ipv4Addr {
-        self.inner.next_vip()
+        self.inner.vip4(self.inner.next_vip_index())
+    }
+
+    /// A fresh IPv6 VIP from the mesh's IPv6 service range (owned by no interface). Panics
+    /// unless the mesh is dual-stack.
+    pub fn vip6(&self) -> Ipv6Addr {
+        let index = self.inner.next_vip_index();
+        self.inner
+            .vip6(index)
+            .unwrap_or_else(|| panic!("mesh {} is IPv4 only: no IPv6 VIPs", self.inner.label))
+    }
+
+    /// Whether the mesh has IPv6 too ([`Mesh::new_dual_stack`]).
+    pub fn is_dual_stack(&self) -> bool {
+        self.inner.net6.is_some()
     }
 
     /// The directory holding the policy YAML every sidecar of this mesh reads.
@@ -180,6 +262,11 @@ impl Mesh {
     pub fn bridge_ip(&self) -> Ipv4Addr {
         let [a, b, c] = self.inner.pod_net;
         Ipv4Addr::new(a, b, c, 1)
+    }
+
+    /// The bridge's IPv6 address (every pod's default IPv6 gateway), `None` when IPv4 only.
+    pub fn bridge_ip6(&self) -> Option<Ipv6Addr> {
+        self.inner.net6.map(|k| ula(k, 0, 1))
     }
 
     /// Names of every namespace of this mesh (network first).
@@ -204,12 +291,24 @@ impl Mesh {
 }
 
 impl MeshInner {
-    pub(crate) fn next_vip(&self) -> Ipv4Addr {
+    /// Hands out the next VIP index; a dual-stack service uses it for both families.
+    pub(crate) fn next_vip_index(&self) -> u8 {
         let mut state = self.state.lock().unwrap();
         state.vips += 1;
-        assert!(state.vips < 250, "too many VIPs in one mesh");
+        assert!(state.vips < 240, "too many VIPs in one mesh");
+        state.vips
+    }
+
+    /// The IPv4 VIP with this index: `10.96.c.(10 + index)`.
+    pub(crate) fn vip4(&self, index: u8) -> Ipv4Addr {
         let [a, b, c] = self.vip_net;
-        Ipv4Addr::new(a, b, c, 10 + state.vips)
+        Ipv4Addr::new(a, b, c, 10 + index)
+    }
+
+    /// The IPv6 VIP with this index, `fd00:5c1f:K:96::(10 + index)`; `None` when IPv4 only.
+    pub(crate) fn vip6(&self, index: u8) -> Option<Ipv6Addr> {
+        self.net6
+            .map(|k| ula(k, VIP6_SUBNET, u16::from(10 + index)))
     }
 
     pub(crate) fn register(&self, proc: Arc<ProcInner>) {
@@ -259,6 +358,29 @@ impl Drop for MeshInner {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// `fd00:5c1f:K:SUBNET::HOST`.
+fn ula(k: u16, subnet: u16, host: u16) -> Ipv6Addr {
+    let [a, b] = ULA;
+    Ipv6Addr::new(a, b, k, subnet, 0, 0, 0, host)
+}
+
+/// Makes sure IPv6 is on in `ns` and that addresses need no duplicate address detection (it
+/// would leave them "tentative", unusable, for a second or more).
+fn enable_ipv6(ns: &str) {
+    process::run_ok(&[
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "sysctl",
+        "-qw",
+        "net.ipv6.conf.all.disable_ipv6=0",
+        "net.ipv6.conf.default.disable_ipv6=0",
+        "net.ipv6.conf.all.accept_dad=0",
+        "net.ipv6.conf.default.accept_dad=0",
+    ]);
 }
 
 /// Creates a namespace, panicking with a clear message when the kernel or permissions refuse.

@@ -1,7 +1,7 @@
 //! A [`Pod`] is a network namespace on the mesh's bridge. Commands run in it through
 //! `ip netns exec`; a [`Sidecar`] is `skiff-proxy init` plus `skiff-proxy run` as UID 1337.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +22,7 @@ const EXEC_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long a sidecar may take to become ready (a debug build on a busy 2-core machine).
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// One pod: a namespace with `eth0` on the mesh bridge and a pod IP.
+/// One pod: a namespace with `eth0` on the mesh bridge and a pod IP (two in a dual-stack mesh).
 #[derive(Clone)]
 pub struct Pod {
     mesh: Arc<MeshInner>,
@@ -32,15 +32,24 @@ pub struct Pod {
     ns: String,
     /// Its address on the mesh bridge.
     ip: Ipv4Addr,
+    /// Its IPv6 address on the mesh bridge, in a dual-stack mesh.
+    ip6: Option<Ipv6Addr>,
 }
 
 impl Pod {
-    pub(crate) fn new(mesh: Arc<MeshInner>, name: &str, ns: String, ip: Ipv4Addr) -> Pod {
+    pub(crate) fn new(
+        mesh: Arc<MeshInner>,
+        name: &str,
+        ns: String,
+        ip: Ipv4Addr,
+        ip6: Option<Ipv6Addr>,
+    ) -> Pod {
         Pod {
             mesh,
             name: name.to_string(),
             ns,
             ip,
+            ip6,
         }
     }
 
@@ -57,6 +66,19 @@ impl Pod {
     /// Its pod IP.
     pub fn ip(&self) -> Ipv4Addr {
         self.ip
+    }
+
+    /// Its IPv6 pod IP; `None` unless the mesh is dual-stack.
+    pub fn ip6(&self) -> Option<Ipv6Addr> {
+        self.ip6
+    }
+
+    /// Its pod IPs as `--pod-ip` takes them: `V4` or `V4,V6`.
+    pub fn pod_ips(&self) -> String {
+        match self.ip6 {
+            Some(ip6) => format!("{},{ip6}", self.ip),
+            None => self.ip.to_string(),
+        }
     }
 
     /// Runs `sh -c script` inside the pod (bounded by a 180 s `timeout`).
@@ -154,6 +176,11 @@ impl Pod {
         self.exec_ok("iptables-save -t nat")
     }
 
+    /// `ip6tables-save -t nat` inside the pod.
+    pub fn ip6tables_nat(&self) -> String {
+        self.exec_ok("ip6tables-save -t nat")
+    }
+
     /// Starts configuring a sidecar for this pod (policy from the mesh's policy dir).
     pub fn sidecar(&self) -> SidecarBuilder {
         SidecarBuilder {
@@ -222,7 +249,7 @@ impl SidecarBuilder {
             init.join(" ")
         );
 
-        let ip = pod.ip.to_string();
+        let ip = pod.pod_ips();
         let policy = self.policy_dir.to_str().unwrap().to_string();
         let mut argv = vec![
             "setpriv",

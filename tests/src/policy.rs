@@ -2,9 +2,14 @@
 //! `v1 Service` (its VIP and ports) and a `discovery.k8s.io/v1 EndpointSlice` (the pods behind
 //! it), exactly as a user would paste them from a cluster. Write services before installing
 //! sidecars: the harness does not assume the proxy reloads files.
+//!
+//! In a dual-stack mesh a service is dual-stack too, as Kubernetes renders one: `clusterIPs`
+//! lists an IPv4 and an IPv6 VIP, `ipFamilies: [IPv4, IPv6]`, and the pods' IPv6 addresses are
+//! in a second EndpointSlice with `addressType: IPv6`. [`ServiceBuilder::ipv6_only`] declares an
+//! IPv6 single-stack service instead.
 
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use crate::mesh::MeshInner;
@@ -15,9 +20,41 @@ pub struct ServiceBuilder {
     mesh: Arc<MeshInner>,
     name: String,
     vip: Option<Ipv4Addr>,
+    vip6: Option<Ipv6Addr>,
+    /// The IP families of the service.
+    families: Families,
     ports: Vec<ServicePort>,
-    /// (address, pod name, ready).
-    endpoints: Vec<(Ipv4Addr, String, bool)>,
+    endpoints: Vec<Endpoint>,
+}
+
+/// The IP families of a service (`spec.ipFamilies`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Families {
+    /// IPv4 only: the default in an IPv4 mesh.
+    V4,
+    /// IPv4 and IPv6: the default in a dual-stack mesh.
+    Dual,
+    /// IPv6 only.
+    V6,
+}
+
+impl Families {
+    fn v4(self) -> bool {
+        self != Families::V6
+    }
+
+    fn v6(self) -> bool {
+        self != Families::V4
+    }
+}
+
+/// One pod behind a service.
+#[derive(Clone, Debug)]
+struct Endpoint {
+    ip: Ipv4Addr,
+    ip6: Option<Ipv6Addr>,
+    pod: String,
+    ready: bool,
 }
 
 /// One port of a Service.
@@ -36,17 +73,39 @@ pub struct ServicePort {
 impl ServiceBuilder {
     pub(crate) fn new(mesh: Arc<MeshInner>, name: &str) -> ServiceBuilder {
         ServiceBuilder {
-            mesh,
             name: name.to_string(),
             vip: None,
+            vip6: None,
+            families: if mesh.net6.is_some() {
+                Families::Dual
+            } else {
+                Families::V4
+            },
             ports: Vec::new(),
             endpoints: Vec::new(),
+            mesh,
         }
     }
 
     /// Uses this VIP instead of the next free one of the mesh.
     pub fn vip(mut self, vip: Ipv4Addr) -> Self {
         self.vip = Some(vip);
+        self
+    }
+
+    /// Uses this IPv6 VIP instead of the next free one of the mesh (makes an IPv4 service
+    /// dual-stack).
+    pub fn vip6(mut self, vip6: Ipv6Addr) -> Self {
+        self.vip6 = Some(vip6);
+        if self.families == Families::V4 {
+            self.families = Families::Dual;
+        }
+        self
+    }
+
+    /// An IPv6 single-stack service: only an IPv6 VIP and only the IPv6 EndpointSlice.
+    pub fn ipv6_only(mut self) -> Self {
+        self.families = Families::V6;
         self
     }
 
@@ -68,29 +127,54 @@ impl ServiceBuilder {
         self
     }
 
-    /// Adds a ready endpoint: the pod's IP.
+    /// Adds a ready endpoint: the pod's IP (and its IPv6 address, in the IPv6 slice).
     pub fn backend(mut self, pod: &Pod) -> Self {
-        self.endpoints
-            .push((pod.ip(), pod.name().to_string(), true));
+        self.endpoints.push(Endpoint::of(pod, true));
         self
     }
 
     /// Adds an endpoint whose `conditions.ready` is false.
     pub fn unready_backend(mut self, pod: &Pod) -> Self {
-        self.endpoints
-            .push((pod.ip(), pod.name().to_string(), false));
+        self.endpoints.push(Endpoint::of(pod, false));
         self
     }
 
-    /// The YAML of the Service and its EndpointSlice (one multi-document string).
-    pub fn render(&self, vip: Ipv4Addr) -> String {
+    /// The YAML of the Service and its EndpointSlices (one multi-document string): `vip` and
+    /// `vip6` are the cluster IPs of the families the service has.
+    pub fn render(&self, vip: Option<Ipv4Addr>, vip6: Option<Ipv6Addr>) -> String {
         let mut y = String::new();
         let name = &self.name;
+        let cluster_ips: Vec<String> = vip
+            .map(|ip| ip.to_string())
+            .into_iter()
+            .chain(vip6.map(|ip| ip.to_string()))
+            .collect();
+        let families: Vec<&str> = vip
+            .map(|_| "IPv4")
+            .into_iter()
+            .chain(vip6.map(|_| "IPv6"))
+            .collect();
+        let policy = if families.len() > 1 {
+            "PreferDualStack"
+        } else {
+            "SingleStack"
+        };
         let _ = write!(
             y,
             "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {NAMESPACE}\n\
-             spec:\n  type: ClusterIP\n  clusterIP: {vip}\n  clusterIPs:\n  - {vip}\n  \
-             ipFamilies:\n  - IPv4\n  selector:\n    app: {name}\n  ports:\n"
+             spec:\n  type: ClusterIP\n  clusterIP: {}\n  clusterIPs:\n",
+            cluster_ips.first().expect("a service has a cluster IP")
+        );
+        for ip in &cluster_ips {
+            let _ = writeln!(y, "  - {ip}");
+        }
+        y.push_str("  ipFamilies:\n");
+        for family in &families {
+            let _ = writeln!(y, "  - {family}");
+        }
+        let _ = write!(
+            y,
+            "  ipFamilyPolicy: {policy}\n  selector:\n    app: {name}\n  ports:\n"
         );
         for p in &self.ports {
             let _ = write!(
@@ -102,19 +186,56 @@ impl ServiceBuilder {
                 let _ = writeln!(y, "    appProtocol: {proto}");
             }
         }
+        if vip.is_some() {
+            let addresses: Vec<(String, &Endpoint)> = self
+                .endpoints
+                .iter()
+                .map(|e| (e.ip.to_string(), e))
+                .collect();
+            self.render_slice(&mut y, "x1", "IPv4", &addresses);
+        }
+        if vip6.is_some() {
+            let addresses: Vec<(String, &Endpoint)> = self
+                .endpoints
+                .iter()
+                .map(|e| {
+                    let ip6 = e.ip6.unwrap_or_else(|| {
+                        panic!(
+                            "service {name}: pod {} has no IPv6 address (use Mesh::new_dual_stack)",
+                            e.pod
+                        )
+                    });
+                    (ip6.to_string(), e)
+                })
+                .collect();
+            self.render_slice(&mut y, "x6", "IPv6", &addresses);
+        }
+        y
+    }
+
+    /// One EndpointSlice (`NAME-SUFFIX`) of one address type.
+    fn render_slice(
+        &self,
+        y: &mut String,
+        suffix: &str,
+        address_type: &str,
+        addresses: &[(String, &Endpoint)],
+    ) {
+        let name = &self.name;
         let _ = write!(
             y,
             "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  \
-             name: {name}-x1\n  namespace: {NAMESPACE}\n  labels:\n    \
+             name: {name}-{suffix}\n  namespace: {NAMESPACE}\n  labels:\n    \
              kubernetes.io/service-name: {name}\n    \
              endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io\n\
-             addressType: IPv4\n"
+             addressType: {address_type}\n"
         );
-        if self.endpoints.is_empty() {
+        if addresses.is_empty() {
             y.push_str("endpoints: []\n");
         } else {
             y.push_str("endpoints:\n");
-            for (ip, pod, ready) in &self.endpoints {
+            for (ip, endpoint) in addresses {
+                let Endpoint { pod, ready, .. } = endpoint;
                 let _ = write!(
                     y,
                     "- addresses:\n  - \"{ip}\"\n  conditions:\n    ready: {ready}\n    \
@@ -134,14 +255,29 @@ impl ServiceBuilder {
                 let _ = writeln!(y, "  appProtocol: {proto}");
             }
         }
-        y
     }
 
     /// Writes `policy/NAME.yaml` and returns the service.
     pub fn apply(self) -> Service {
         assert!(!self.ports.is_empty(), "service {} has no ports", self.name);
-        let vip = self.vip.unwrap_or_else(|| self.mesh.next_vip());
-        let yaml = self.render(vip);
+        // One index for both families: 10.96.c.N and fd00:5c1f:K:96::N belong together.
+        let index = self.mesh.next_vip_index();
+        let vip = self
+            .families
+            .v4()
+            .then(|| self.vip.unwrap_or_else(|| self.mesh.vip4(index)));
+        let vip6 = self.families.v6().then(|| {
+            self.vip6
+                .or_else(|| self.mesh.vip6(index))
+                .unwrap_or_else(|| {
+                    panic!(
+                    "service {}: an IPv6 VIP needs a dual-stack mesh (Mesh::new_dual_stack) or \
+                     ServiceBuilder::vip6",
+                    self.name
+                )
+                })
+        });
+        let yaml = self.render(vip, vip6);
         let path = self
             .mesh
             .dir
@@ -152,7 +288,19 @@ impl ServiceBuilder {
         Service {
             name: self.name,
             vip,
+            vip6,
             ports: self.ports,
+        }
+    }
+}
+
+impl Endpoint {
+    fn of(pod: &Pod, ready: bool) -> Endpoint {
+        Endpoint {
+            ip: pod.ip(),
+            ip6: pod.ip6(),
+            pod: pod.name().to_string(),
+            ready,
         }
     }
 }
@@ -161,7 +309,8 @@ impl ServiceBuilder {
 #[derive(Clone, Debug)]
 pub struct Service {
     name: String,
-    vip: Ipv4Addr,
+    vip: Option<Ipv4Addr>,
+    vip6: Option<Ipv6Addr>,
     ports: Vec<ServicePort>,
 }
 
@@ -171,9 +320,16 @@ impl Service {
         &self.name
     }
 
-    /// Its cluster IP.
+    /// Its (IPv4) cluster IP; panics for an IPv6 single-stack service.
     pub fn vip(&self) -> Ipv4Addr {
         self.vip
+            .unwrap_or_else(|| panic!("service {} is IPv6 only: use vip6()", self.name))
+    }
+
+    /// Its IPv6 cluster IP; panics unless the service has one (dual-stack or IPv6 only).
+    pub fn vip6(&self) -> Ipv6Addr {
+        self.vip6
+            .unwrap_or_else(|| panic!("service {} has no IPv6 VIP", self.name))
     }
 
     /// `namespace/name`, the `service` label of its metrics.
@@ -183,7 +339,12 @@ impl Service {
 
     /// `vip:port` of its first port.
     pub fn addr(&self) -> String {
-        format!("{}:{}", self.vip, self.ports[0].port)
+        format!("{}:{}", self.vip(), self.ports[0].port)
+    }
+
+    /// `[vip6]:port` of its first port.
+    pub fn addr6(&self) -> String {
+        format!("[{}]:{}", self.vip6(), self.ports[0].port)
     }
 
     /// Its ports.

@@ -19,6 +19,7 @@ use crate::error::Failure;
 use crate::idle::Activity;
 use crate::metrics::ServiceMetrics;
 use crate::policy::ServiceTarget;
+use crate::route::modify_headers;
 
 /// Where a connection's requests go.
 pub enum Upstream {
@@ -49,7 +50,7 @@ impl Forwarder {
     pub async fn forward(&self, request: Request<Incoming>) -> Response<ResponseBody> {
         let started = Instant::now();
         let _in_flight = self.activity.request();
-        let response = match self.try_forward(request).await {
+        let response = match self.route_and_forward(request).await {
             Ok(response) => response,
             Err(failure) => {
                 self.metrics.record_failure(failure);
@@ -61,16 +62,52 @@ impl Forwarder {
         response
     }
 
-    async fn try_forward(
+    /// Decides where the request goes (route, backend, endpoint), applies the route's header
+    /// changes and timeout, and forwards it.
+    async fn route_and_forward(
         &self,
         mut request: Request<Incoming>,
     ) -> Result<Response<ResponseBody>, Failure> {
-        let addr = match &self.upstream {
+        let (endpoints, route) = match &self.upstream {
+            Upstream::Local(addr) => return self.send(*addr, request).await,
+            Upstream::Service(target) if target.routes.is_empty() => (&target.endpoints, None),
             Upstream::Service(target) => {
-                target.pick_endpoint().ok_or(Failure::NoHealthyEndpoint)?
+                let (parts, body) = request.into_parts();
+                let route = target
+                    .routes
+                    .iter()
+                    .find(|r| r.accepts(&parts))
+                    .ok_or(Failure::NoRoute)?;
+                request = Request::from_parts(parts, body);
+                let Some(backend) = route.pick_backend() else {
+                    tracing::debug!(route = %route.id, "every backend of the route has weight zero");
+                    return Err(Failure::NoBackend);
+                };
+                (backend, Some(route))
             }
-            Upstream::Local(addr) => *addr,
         };
+        let addr = endpoints.pick().ok_or(Failure::NoHealthyEndpoint)?;
+        let Some(route) = route else {
+            return self.send(addr, request).await;
+        };
+        modify_headers(request.headers_mut(), &route.request_headers);
+        let sent = self.send(addr, request);
+        let mut response = match route.timeout {
+            Some(limit) => tokio::time::timeout(limit, sent)
+                .await
+                .map_err(|_| Failure::RequestTimeout)??,
+            None => sent.await?,
+        };
+        modify_headers(response.headers_mut(), &route.response_headers);
+        Ok(response)
+    }
+
+    /// Sends the request to `addr` on a pooled connection and returns the response head.
+    async fn send(
+        &self,
+        addr: SocketAddr,
+        mut request: Request<Incoming>,
+    ) -> Result<Response<ResponseBody>, Failure> {
         let downstream_version = request.version();
         let upgrade = downstream_version <= Version::HTTP_11 && is_upgrade(request.headers());
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));

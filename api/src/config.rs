@@ -1,0 +1,192 @@
+//! What the control plane sends a proxy: the configuration one workload needs, already
+//! validated and flattened so the proxy only has to look things up. The proxy in standalone
+//! mode computes the same value from local files, so both paths share one shape.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The configuration one proxy runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Opaque, unique per content; ACKs and NACKs name it.
+    pub version: String,
+    /// The workload this configuration was computed for.
+    pub workload: WorkloadRef,
+    /// Every service the workload may call, with its routes and endpoints.
+    pub services: Vec<ServiceConfig>,
+    /// Ports of this workload that some Service targets: names inbound traffic and carries its
+    /// declared protocol.
+    pub inbound: Vec<InboundPort>,
+}
+
+/// `namespace/name` of a workload.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for WorkloadRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// One Service as a caller sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// `namespace/name`.
+    pub name: String,
+    /// Cluster IPs (one per family); empty for headless services.
+    pub vips: Vec<IpAddr>,
+    pub ports: Vec<PortConfig>,
+}
+
+/// One port of a Service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortConfig {
+    /// The port the app dials on the VIP.
+    pub port: u16,
+    /// Declared by `appProtocol`; `None` means detect.
+    pub protocol: Option<AppProtocol>,
+    /// Ready endpoints of this port (pod address and target port).
+    pub endpoints: Vec<Endpoint>,
+    /// HTTP routing rules attached to this Service (and port), in precedence order: the
+    /// first whose match accepts a request routes it. Empty: every request goes to
+    /// `endpoints`.
+    pub routes: Vec<Route>,
+}
+
+/// How the proxy treats a port's bytes when the Service declares it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppProtocol {
+    Http1,
+    Http2,
+    Tcp,
+}
+
+/// A backend address and who is expected to answer there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// The workload behind the address, when known (its identity is checked with mTLS).
+    pub workload: Option<WorkloadRef>,
+}
+
+/// A port of this workload that a Service targets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InboundPort {
+    pub port: u16,
+    /// `namespace/name` of the Service.
+    pub service: String,
+    pub protocol: Option<AppProtocol>,
+}
+
+/// One HTTPRoute rule, flattened: where it came from, when it applies, what it does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Route {
+    /// `namespace/name` of the HTTPRoute and the rule's index, for metrics and logs.
+    pub route: String,
+    pub rule: usize,
+    /// The rule applies when any of these matches (Gateway API: matches are ORed).
+    pub matches: Vec<RouteMatch>,
+    pub request_headers: HeaderModifier,
+    pub response_headers: HeaderModifier,
+    /// Weighted backends; a request picks one in proportion to its weight. All weights zero
+    /// (or no backends) means the rule answers 500, as the Gateway API requires.
+    pub backends: Vec<Backend>,
+    /// Whole-request timeout (Gateway API `timeouts.request`).
+    #[serde(default, with = "optional_duration")]
+    pub timeout: Option<Duration>,
+    /// Per-try timeout (Gateway API `timeouts.backendRequest`).
+    #[serde(default, with = "optional_duration")]
+    pub backend_timeout: Option<Duration>,
+}
+
+/// Conditions that must all hold (Gateway API: fields of one match are ANDed).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteMatch {
+    pub path: Option<PathMatch>,
+    pub headers: Vec<ValueMatch>,
+    pub query_params: Vec<ValueMatch>,
+    /// Upper-case method name.
+    pub method: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "type", content = "value")]
+pub enum PathMatch {
+    Exact(String),
+    /// Matches whole path segments: `/foo` matches `/foo` and `/foo/bar`, not `/foobar`.
+    PathPrefix(String),
+    /// Anchored at both ends; RE2-like syntax (the `regex` crate).
+    RegularExpression(String),
+}
+
+/// A header or query-parameter condition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ValueMatch {
+    /// Header names are compared case-insensitively (lower-cased here); query parameter names
+    /// exactly.
+    pub name: String,
+    pub value: StringMatch,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "type", content = "value")]
+pub enum StringMatch {
+    Exact(String),
+    RegularExpression(String),
+}
+
+/// Gateway API `RequestHeaderModifier` / `ResponseHeaderModifier`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderModifier {
+    pub set: Vec<(String, String)>,
+    pub add: Vec<(String, String)>,
+    pub remove: Vec<String>,
+}
+
+impl HeaderModifier {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// A weighted route target: a port of a Service in this configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Backend {
+    /// `namespace/name` of a Service in [`ProxyConfig::services`].
+    pub service: String,
+    pub port: u16,
+    pub weight: u32,
+}
+
+/// Durations travel as milliseconds.
+mod optional_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
+        value.map(|d| d.as_millis() as u64).serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(deserializer)?.map(Duration::from_millis))
+    }
+}
