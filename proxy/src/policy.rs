@@ -105,37 +105,59 @@ impl Snapshot {
 
     /// Compiles a configuration into a snapshot (routes compiled, backends resolved).
     pub fn from_config(source: String, config: ProxyConfig) -> Result<Snapshot, SnapshotError> {
-        let mut sets: BTreeMap<(&str, u16), Arc<EndpointSet>> = BTreeMap::new();
+        // A VIP balances over endpoints of its own address family only, as kube-proxy does:
+        // a dual-stack service gets one target per family, and its routes resolve backends
+        // in that family too.
+        let mut sets: BTreeMap<(&str, u16, Family), Arc<EndpointSet>> = BTreeMap::new();
         for service in &config.services {
             let name: Arc<str> = Arc::from(service.name.as_str());
             for port in &service.ports {
-                let endpoints = port.endpoints.iter().map(|e| e.addr).collect();
-                sets.insert(
-                    (&service.name, port.port),
-                    Arc::new(EndpointSet::new(name.clone(), endpoints)),
-                );
+                for family in [Family::V4, Family::V6] {
+                    let endpoints = port
+                        .endpoints
+                        .iter()
+                        .map(|e| e.addr)
+                        .filter(|a| Family::of(a.ip()) == family)
+                        .collect();
+                    sets.insert(
+                        (&service.name, port.port, family),
+                        Arc::new(EndpointSet::new(name.clone(), endpoints)),
+                    );
+                }
             }
         }
         let mut outbound = BTreeMap::new();
         for service in &config.services {
             for port in &service.ports {
-                let endpoints = sets[&(service.name.as_str(), port.port)].clone();
-                let routes = port
-                    .routes
-                    .iter()
-                    .map(|route| {
-                        Route::compile(route, |name, port| sets.get(&(name, port)).cloned())
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                let target = Arc::new(ServiceTarget {
-                    name: endpoints.service.clone(),
-                    protocol: port.protocol.map(protocol),
-                    endpoints,
-                    routes,
-                });
+                let mut targets: BTreeMap<Family, Arc<ServiceTarget>> = BTreeMap::new();
                 for vip in &service.vips {
+                    let family = Family::of(*vip);
+                    let target = match targets.get(&family) {
+                        Some(target) => target.clone(),
+                        None => {
+                            let routes = port
+                                .routes
+                                .iter()
+                                .map(|route| {
+                                    Route::compile(route, |name, port| {
+                                        sets.get(&(name, port, family)).cloned()
+                                    })
+                                })
+                                .collect::<Result<Vec<_>, _>>()?;
+                            let endpoints =
+                                sets[&(service.name.as_str(), port.port, family)].clone();
+                            let target = Arc::new(ServiceTarget {
+                                name: endpoints.service.clone(),
+                                protocol: port.protocol.map(protocol),
+                                endpoints,
+                                routes,
+                            });
+                            targets.insert(family, target.clone());
+                            target
+                        }
+                    };
                     let addr = SocketAddr::new(*vip, port.port);
-                    if let Some(other) = outbound.insert(addr, target.clone()) {
+                    if let Some(other) = outbound.insert(addr, target) {
                         return Err(SnapshotError::DuplicateAddress {
                             service: service.name.clone(),
                             vip: *vip,
@@ -165,6 +187,23 @@ impl Snapshot {
             inbound,
             config,
         })
+    }
+}
+
+/// An IP address family; VIPs and endpoints are matched within one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn of(ip: IpAddr) -> Family {
+        if ip.is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
+        }
     }
 }
 
