@@ -72,6 +72,26 @@ pub enum AppProtocol {
     Tcp,
 }
 
+impl AppProtocol {
+    /// The values of a Service port's `appProtocol` Skiff understands (case-insensitive), for
+    /// messages about any other.
+    pub const KNOWN: &'static str = "http, http1, kubernetes.io/ws (HTTP/1); http2, h2c, \
+        kubernetes.io/h2c, grpc, grpc-web (HTTP/2); tcp, tls, https, kubernetes.io/wss, mongo, \
+        mysql, redis, postgres, postgresql (opaque TCP)";
+
+    /// Reads a Service port's `appProtocol`; `None` for a value Skiff does not know (a
+    /// validation error). The same table as the proxy's protocol detection.
+    pub fn from_declared(value: &str) -> Option<AppProtocol> {
+        match value.to_ascii_lowercase().as_str() {
+            "http" | "http1" | "kubernetes.io/ws" => Some(AppProtocol::Http1),
+            "http2" | "h2c" | "kubernetes.io/h2c" | "grpc" | "grpc-web" => Some(AppProtocol::Http2),
+            "tcp" | "tls" | "https" | "kubernetes.io/wss" | "mongo" | "mysql" | "redis"
+            | "postgres" | "postgresql" => Some(AppProtocol::Tcp),
+            _ => None,
+        }
+    }
+}
+
 /// A backend address and who is expected to answer there.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -114,7 +134,7 @@ pub struct Route {
 }
 
 /// Conditions that must all hold (Gateway API: fields of one match are ANDed).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteMatch {
     pub path: Option<PathMatch>,
@@ -124,7 +144,7 @@ pub struct RouteMatch {
     pub method: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "type", content = "value")]
 pub enum PathMatch {
     Exact(String),
@@ -135,7 +155,7 @@ pub enum PathMatch {
 }
 
 /// A header or query-parameter condition.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ValueMatch {
     /// Header names are compared case-insensitively (lower-cased here); query parameter names
@@ -144,7 +164,7 @@ pub struct ValueMatch {
     pub value: StringMatch,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "type", content = "value")]
 pub enum StringMatch {
     Exact(String),
@@ -182,11 +202,16 @@ mod optional_duration {
 
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    pub fn serialize<S: Serializer>(value: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(
+        value: &Option<Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
         value.map(|d| d.as_millis() as u64).serialize(serializer)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
         Ok(Option::<u64>::deserialize(deserializer)?.map(Duration::from_millis))
     }
 }

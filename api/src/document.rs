@@ -1,254 +1,449 @@
-//! YAML text → typed resources. Multi-document files are allowed; each document is
-//! dispatched on its `apiVersion` and `kind`.
+//! YAML text → typed resources. A file may hold several documents; each is dispatched on its
+//! `apiVersion` and `kind` and read with serde-saphyr under explicit budgets. Every problem
+//! names the file, the line and the field path (the [`crate::index`] turns the reader's
+//! positions into paths).
 
-use serde::Deserialize;
+use std::sync::Arc;
 
+use serde::de::DeserializeOwned;
+use serde_saphyr::budget::BudgetBreach;
+use serde_saphyr::Error as YamlError;
+
+use crate::gateway::HttpRoute;
+use crate::index::{self, child_path, Index, Pos};
 use crate::k8s::{EndpointSlice, Service};
+use crate::problem::{Problem, Severity};
+use crate::skiff_kinds::{self, InboundPolicy, TrafficPolicy, Workload};
 
 /// A resource Skiff understands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Resource {
     Service(Service),
     EndpointSlice(EndpointSlice),
+    HttpRoute(Box<HttpRoute>),
+    Workload(Workload),
+    TrafficPolicy(TrafficPolicy),
+    InboundPolicy(InboundPolicy),
 }
 
-/// Why a file could not be read as policy. Always names the file and, where the YAML parser
-/// knows it, the line.
+impl Resource {
+    /// The kind as written in YAML, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Resource::Service(_) => "Service",
+            Resource::EndpointSlice(_) => "EndpointSlice",
+            Resource::HttpRoute(_) => "HTTPRoute",
+            Resource::Workload(_) => "Workload",
+            Resource::TrafficPolicy(_) => "TrafficPolicy",
+            Resource::InboundPolicy(_) => "InboundPolicy",
+        }
+    }
+
+    pub fn metadata(&self) -> &crate::k8s::ObjectMeta {
+        match self {
+            Resource::Service(r) => &r.metadata,
+            Resource::EndpointSlice(r) => &r.metadata,
+            Resource::HttpRoute(r) => &r.metadata,
+            Resource::Workload(r) => &r.metadata,
+            Resource::TrafficPolicy(r) => &r.metadata,
+            Resource::InboundPolicy(r) => &r.metadata,
+        }
+    }
+}
+
+/// Why a file could not be read as policy. Always names the file and, where known, the line.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{file}:{line}: {message}")]
 pub struct DocumentError {
+    /// The file name the caller gave.
     pub file: String,
-    /// 1-based; 0 when the parser could not say.
+    /// 1-based; 0 when the problem concerns the whole file.
     pub line: u64,
+    /// The field path and what is wrong with it.
     pub message: String,
-}
-
-/// Only the two fields that decide how to read the rest of the document.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct TypeMeta {
-    api_version: Option<String>,
-    kind: Option<String>,
 }
 
 /// The largest policy file Skiff will read; larger input is refused before parsing.
 pub const MAX_FILE_BYTES: usize = 4 * 1024 * 1024;
 
-/// Parses every document in `text` (the content of `file`, used in errors). Empty documents
-/// (a lone `---`) are skipped. Returns every problem, not just the first.
-pub fn parse_documents(file: &str, text: &str) -> Result<Vec<Resource>, Vec<DocumentError>> {
-    let error = |line: u64, message: String| DocumentError {
+/// A value read from a policy file, with what is needed to point at its fields.
+#[derive(Clone, Debug)]
+pub struct Located<T> {
+    /// The file name the caller gave.
+    pub file: Arc<str>,
+    /// Field path → line, for this document.
+    pub index: Arc<Index>,
+    /// The resource, a part of it, or its validated form.
+    pub value: T,
+}
+
+impl<T> Located<T> {
+    /// The same place, holding another value (a part of this one, or its validated form).
+    pub fn with<U>(&self, value: U) -> Located<U> {
+        Located {
+            file: self.file.clone(),
+            index: self.index.clone(),
+            value,
+        }
+    }
+
+    pub fn line(&self, path: &str) -> usize {
+        self.index.line(path)
+    }
+
+    /// `file:line` of a field, to name another place in a message.
+    pub fn place(&self, path: &str) -> String {
+        format!("{}:{}", self.file, self.line(path))
+    }
+
+    pub fn error(&self, path: impl Into<String>, message: impl Into<String>) -> Problem {
+        self.problem(path.into(), message.into(), Severity::Error)
+    }
+
+    pub fn warning(&self, path: impl Into<String>, message: impl Into<String>) -> Problem {
+        self.problem(path.into(), message.into(), Severity::Warning)
+    }
+
+    fn problem(&self, path: String, message: String, severity: Severity) -> Problem {
+        Problem {
+            file: self.file.to_string(),
+            line: self.line(&path),
+            path,
+            message,
+            severity,
+        }
+    }
+}
+
+/// Parses every document of one file. Problems found so far never stop the rest of the file:
+/// each document is read on its own (a YAML syntax error ends the file, since the parser
+/// cannot find where the next document starts).
+pub fn read_file(file: &str, text: &str) -> (Vec<Located<Resource>>, Vec<Problem>) {
+    let file: Arc<str> = Arc::from(file);
+    let whole_file = |line: usize, message: String| Problem {
         file: file.to_string(),
         line,
+        path: String::new(),
         message,
+        severity: Severity::Error,
     };
     if text.len() > MAX_FILE_BYTES {
-        return Err(vec![error(
-            0,
-            format!(
-                "file is {} bytes; the limit is {MAX_FILE_BYTES}",
-                text.len()
-            ),
-        )]);
+        let message = format!(
+            "file is {} bytes; the limit is {MAX_FILE_BYTES} (4 MiB)",
+            text.len()
+        );
+        return (Vec::new(), vec![whole_file(0, message)]);
     }
-    let documents = split_documents(text);
+    let (documents, scan_error) = index::scan(text);
     let mut resources = Vec::new();
-    let mut errors = Vec::new();
-    for (first_line, document) in documents {
-        let yaml_error = |e: serde_saphyr::Error| {
-            let line = e.location().map(|l| l.line()).unwrap_or(0);
-            let line = if line == 0 {
-                first_line
-            } else {
-                first_line + line - 1
-            };
-            error(line, first_line_of(&e.to_string()))
+    let mut problems = Vec::new();
+    for document in documents {
+        let located = Located {
+            file: file.clone(),
+            index: Arc::new(document.index),
+            value: (),
         };
-        let type_meta: Option<TypeMeta> = match serde_saphyr::from_str(document) {
-            Ok(t) => t,
-            Err(e) => {
-                errors.push(yaml_error(e));
-                continue;
-            }
-        };
-        let Some(type_meta) = type_meta else { continue };
-        let (api_version, kind) = match (type_meta.api_version, type_meta.kind) {
-            (Some(a), Some(k)) => (a, k),
-            (None, _) => {
-                errors.push(error(first_line, "apiVersion: missing".to_string()));
-                continue;
-            }
-            (_, None) => {
-                errors.push(error(first_line, "kind: missing".to_string()));
-                continue;
-            }
-        };
-        let parsed = match (api_version.as_str(), kind.as_str()) {
-            ("v1", "Service") => serde_saphyr::from_str(document).map(Resource::Service),
-            ("discovery.k8s.io/v1", "EndpointSlice") => {
-                serde_saphyr::from_str(document).map(Resource::EndpointSlice)
-            }
-            _ => {
-                errors.push(error(
-                    first_line,
-                    format!(
-                        "kind: {api_version} {kind} is not supported \
-                         (supported: v1 Service, discovery.k8s.io/v1 EndpointSlice)"
-                    ),
-                ));
-                continue;
-            }
-        };
-        match parsed {
-            Ok(resource) => resources.push(resource),
-            Err(e) => errors.push(yaml_error(e)),
+        let slice = DocumentText::new(text, document.bytes.clone(), document.start);
+        match read_document(&located, &slice) {
+            Ok(resource) => resources.push(located.with(resource)),
+            Err(problem) => problems.push(problem),
         }
     }
-    if errors.is_empty() {
-        Ok(resources)
-    } else {
-        Err(errors)
+    if let Some(error) = scan_error {
+        problems.push(whole_file(error.line, error.message));
+    }
+    (resources, problems)
+}
+
+/// One document's text, padded so that the reader's columns are the file's columns.
+struct DocumentText {
+    text: String,
+    /// Added to the reader's 1-based line to get the file's.
+    first_line: usize,
+}
+
+impl DocumentText {
+    fn new(file_text: &str, bytes: std::ops::Range<usize>, start: Pos) -> DocumentText {
+        let content = file_text.get(bytes).unwrap_or("");
+        let mut text = " ".repeat(start.col.saturating_sub(1));
+        text.push_str(content);
+        DocumentText {
+            text,
+            first_line: start.line,
+        }
     }
 }
 
-/// Splits a YAML stream on `---` lines, returning each document with its 1-based first line,
-/// so that every error can name its line in the file rather than in the document.
-fn split_documents(text: &str) -> Vec<(u64, &str)> {
-    let mut documents = Vec::new();
-    let mut start = 0;
-    let mut start_line = 1;
-    let mut offset = 0;
-    for (index, line) in text.split_inclusive('\n').enumerate() {
-        let trimmed = line.trim_end();
-        if trimmed == "---" || trimmed.starts_with("--- ") {
-            documents.push((start_line, &text[start..offset]));
-            start = offset + line.len();
-            start_line = index as u64 + 2;
-        }
-        offset += line.len();
+/// The supported kinds, for the message about an unsupported one.
+const SUPPORTED: &str = "v1 Service, discovery.k8s.io/v1 EndpointSlice, \
+    gateway.networking.k8s.io/v1 HTTPRoute, skiff.dev/v1alpha1 Workload, TrafficPolicy, \
+    InboundPolicy";
+
+fn read_document(doc: &Located<()>, text: &DocumentText) -> Result<Resource, Problem> {
+    if !doc.index.is_mapping() {
+        return Err(doc.error(
+            "",
+            "a policy document must be a mapping with apiVersion, kind, metadata and spec",
+        ));
     }
-    documents.push((start_line, &text[start..]));
-    documents.retain(|(_, doc)| {
-        doc.lines()
-            .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+    let api_version = doc.index.top_level("apiVersion");
+    let kind = doc.index.top_level("kind");
+    let (Some(api_version), Some(kind)) = (api_version, kind) else {
+        let missing = if api_version.is_none() {
+            "apiVersion"
+        } else {
+            "kind"
+        };
+        return Err(doc.error(missing, "required field is missing"));
+    };
+    let expected_version = match kind {
+        "Service" => "v1",
+        "EndpointSlice" => "discovery.k8s.io/v1",
+        "HTTPRoute" => "gateway.networking.k8s.io/v1",
+        "Workload" | "TrafficPolicy" | "InboundPolicy" => skiff_kinds::API_VERSION,
+        _ => {
+            let hint = ["Service", "EndpointSlice", "HTTPRoute", "Workload"]
+                .iter()
+                .chain(&["TrafficPolicy", "InboundPolicy"])
+                .find(|known| known.eq_ignore_ascii_case(kind))
+                .map(|known| format!(" (did you mean {known}?)"))
+                .unwrap_or_default();
+            return Err(doc.error(
+                "kind",
+                format!("kind {kind:?} is not supported{hint}; supported: {SUPPORTED}"),
+            ));
+        }
+    };
+    let version_ok = api_version == expected_version
+        || (kind == "HTTPRoute" && api_version == "gateway.networking.k8s.io/v1beta1");
+    if !version_ok {
+        let also = if kind == "HTTPRoute" {
+            " (or gateway.networking.k8s.io/v1beta1)"
+        } else {
+            ""
+        };
+        return Err(doc.error(
+            "apiVersion",
+            format!("{kind} has apiVersion {expected_version}{also}, not {api_version:?}"),
+        ));
+    }
+    let resource = match kind {
+        "Service" => Resource::Service(deserialize(doc, text)?),
+        "EndpointSlice" => Resource::EndpointSlice(deserialize(doc, text)?),
+        "HTTPRoute" => Resource::HttpRoute(Box::new(deserialize(doc, text)?)),
+        "Workload" => Resource::Workload(deserialize(doc, text)?),
+        "TrafficPolicy" => Resource::TrafficPolicy(deserialize(doc, text)?),
+        _ => Resource::InboundPolicy(deserialize(doc, text)?),
+    };
+    Ok(resource)
+}
+
+/// The reader's limits. The file-size cap and the index's own limits come first; these bound
+/// what aliases could make of a small file.
+fn reader_options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_depth = index::MAX_DEPTH;
+    budget.max_documents = 1;
+    budget.max_nodes = 250_000;
+    budget.max_events = 1_000_000;
+    budget.max_aliases = 1_000;
+    budget.max_anchors = 1_000;
+    budget.max_recorded_anchor_events = 100_000;
+    budget.max_total_scalar_bytes = 2 * MAX_FILE_BYTES;
+    budget.max_merge_keys = 1_000;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options.alias_limits.max_total_replayed_events = 100_000;
+    options.with_snippet = false;
+    options
+}
+
+fn deserialize<T: DeserializeOwned>(doc: &Located<()>, text: &DocumentText) -> Result<T, Problem> {
+    serde_saphyr::from_str_with_options::<T>(&text.text, reader_options())
+        .map_err(|error| yaml_problem(doc, text, &error))
+}
+
+/// Turns a reader error into a problem with a path: the reader knows the position, the index
+/// knows which field is there.
+fn yaml_problem(doc: &Located<()>, text: &DocumentText, error: &YamlError) -> Problem {
+    let mut error = error;
+    while let YamlError::WithSnippet { error: inner, .. }
+    | YamlError::AliasError { error: inner, .. } = error
+    {
+        error = inner;
+    }
+    let position = error.location().filter(|l| l.line() > 0).map(|l| Pos {
+        line: l.line() as usize + text.first_line - 1,
+        col: l.column() as usize,
     });
-    documents
+    let Some(position) = position else {
+        return doc.error("", message_of(error));
+    };
+    let at_position = |path: &str, message: String| {
+        let mut problem = doc.error(path, message);
+        problem.line = position.line;
+        problem
+    };
+    match error {
+        YamlError::SerdeMissingField { field, .. } => {
+            let object = doc.index.mapping_at(position);
+            doc.error(child_path(object, field), "required field is missing")
+        }
+        YamlError::SerdeUnknownField {
+            field, expected, ..
+        } => at_position(doc.index.key_at(position), unknown_field(field, expected)),
+        // A duplicate key's line is its own, not the first occurrence's.
+        YamlError::DuplicateMappingKey { .. } => {
+            at_position(doc.index.key_at(position), message_of(error))
+        }
+        // The whole document is refused, wherever the budget ran out.
+        YamlError::Budget { .. }
+        | YamlError::AliasReplayLimitExceeded { .. }
+        | YamlError::AliasExpansionLimitExceeded { .. }
+        | YamlError::AliasReplayStackDepthExceeded { .. } => at_position("", message_of(error)),
+        _ => match doc.index.value_at(position) {
+            "" => at_position("", message_of(error)),
+            path => doc.error(path, message_of(error)),
+        },
+    }
 }
 
-/// The parser's message without its source snippet, which would repeat the file.
-fn first_line_of(message: &str) -> String {
-    message.lines().next().unwrap_or(message).to_string()
+fn unknown_field(field: &str, expected: &[&str]) -> String {
+    let close = expected
+        .iter()
+        .find(|known| edit_distance(known, field) <= 2 || known.eq_ignore_ascii_case(field));
+    let hint = close
+        .map(|known| format!(" (did you mean {known}?)"))
+        .unwrap_or_default();
+    if expected.is_empty() {
+        format!("unknown field {field:?}{hint}")
+    } else {
+        format!(
+            "unknown field {field:?}{hint}; allowed here: {}",
+            expected.join(", ")
+        )
+    }
+}
+
+/// Levenshtein distance, for "did you mean" hints on short field names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(ca != *cb);
+            current.push(substitution.min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
+/// Our wording of the reader's errors: lowercase, saying what is allowed.
+fn message_of(error: &YamlError) -> String {
+    match error {
+        YamlError::SerdeUnknownVariant {
+            variant, expected, ..
+        } => format!(
+            "unknown value {variant:?}; allowed: {}",
+            expected.join(", ")
+        ),
+        YamlError::SerdeInvalidType {
+            unexpected,
+            expected,
+            ..
+        }
+        | YamlError::SerdeInvalidValue {
+            unexpected,
+            expected,
+            ..
+        } => format!("expected {expected}, found {unexpected}"),
+        YamlError::InvalidScalar { ty, .. } => match *ty {
+            "u8" => "must be an integer from 0 to 255".to_string(),
+            "u16" => "must be an integer from 0 to 65535".to_string(),
+            "u32" => "must be an integer from 0 to 4294967295".to_string(),
+            "i32" | "i64" | "u64" | "usize" | "isize" => "must be an integer".to_string(),
+            "bool" => "must be true or false".to_string(),
+            other => format!("must be a {other}"),
+        },
+        YamlError::NullIntoString { .. } => "must be a string, not null".to_string(),
+        YamlError::DuplicateMappingKey { key, .. } => match key {
+            Some(key) => format!("duplicate key {key:?}; each key may appear once"),
+            None => "duplicate key; each key may appear once".to_string(),
+        },
+        YamlError::Unexpected { expected, .. } => match *expected {
+            "sequence start" => "must be a list".to_string(),
+            "mapping start" | "mapping" => "must be a mapping".to_string(),
+            "string scalar" => "must be a string".to_string(),
+            other => format!("expected {other}"),
+        },
+        YamlError::Budget { breach, .. } => budget_message(breach),
+        YamlError::AliasReplayLimitExceeded { .. }
+        | YamlError::AliasExpansionLimitExceeded { .. }
+        | YamlError::AliasReplayStackDepthExceeded { .. } => {
+            "refused: aliases expand beyond the reader's budget (an alias bomb?)".to_string()
+        }
+        other => plain_message(other),
+    }
+}
+
+fn budget_message(breach: &BudgetBreach) -> String {
+    match breach {
+        BudgetBreach::Aliases { .. }
+        | BudgetBreach::AliasAnchorRatio { .. }
+        | BudgetBreach::RecordedAnchorEvents { .. }
+        | BudgetBreach::RecordedAnchorBytes { .. } => {
+            "refused: aliases expand beyond the reader's budget (an alias bomb?)".to_string()
+        }
+        BudgetBreach::Depth { .. } => format!(
+            "refused: nesting is deeper than {} levels (reader budget)",
+            index::MAX_DEPTH
+        ),
+        BudgetBreach::Nodes { .. } | BudgetBreach::Events { .. } => {
+            "refused: the document has more nodes than the reader's budget allows".to_string()
+        }
+        other => format!("refused: the document exceeds the reader's budget ({other:?})"),
+    }
+}
+
+/// The reader's own words without its `line N column M:` prefix.
+fn plain_message(error: &YamlError) -> String {
+    let text = error.to_string();
+    let first = text.lines().next().unwrap_or("").trim();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let message = match first.find(": ") {
+        Some(at) if first.starts_with("line ") => &first[at + 2..],
+        _ => first,
+    };
+    let mut chars = message.chars();
+    match chars.next() {
+        Some(c) => c.to_lowercase().chain(chars).collect(),
+        None => "invalid YAML".to_string(),
+    }
+}
+
+/// Parses every document in `text` (the content of `file`, used in errors) without checking
+/// references between resources; [`crate::load`] does everything. Empty documents are
+/// skipped. Returns every problem, not just the first.
+pub fn parse_documents(file: &str, text: &str) -> Result<Vec<Resource>, Vec<DocumentError>> {
+    let (resources, problems) = read_file(file, text);
+    if problems.is_empty() {
+        return Ok(resources.into_iter().map(|r| r.value).collect());
+    }
+    Err(problems
+        .into_iter()
+        .map(|p| DocumentError {
+            file: p.file,
+            line: p.line as u64,
+            message: if p.path.is_empty() {
+                p.message
+            } else {
+                format!("{}: {}", p.path, p.message)
+            },
+        })
+        .collect())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const SERVICE_AND_SLICE: &str = "\
-apiVersion: v1
-kind: Service
-metadata:
-  name: echo
-  namespace: shop
-  managedFields: []
-spec:
-  clusterIP: 10.96.0.10
-  ports:
-  - name: http
-    port: 80
-    targetPort: 8080
-    appProtocol: http
-status:
-  loadBalancer: {}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: echo-abc
-  namespace: shop
-  labels:
-    kubernetes.io/service-name: echo
-addressType: IPv4
-endpoints:
-- addresses: [\"10.0.0.5\"]
-  conditions: {ready: true}
-ports:
-- name: http
-  port: 8080
-";
-
-    #[test]
-    fn parses_a_pasted_service_and_slice() {
-        let resources = parse_documents("svc.yaml", SERVICE_AND_SLICE).unwrap();
-        assert_eq!(resources.len(), 2);
-        let Resource::Service(service) = &resources[0] else {
-            panic!("not a service")
-        };
-        assert_eq!(service.metadata.namespace, "shop");
-        assert_eq!(service.spec.cluster_ip.as_deref(), Some("10.96.0.10"));
-        assert_eq!(service.spec.ports[0].app_protocol.as_deref(), Some("http"));
-        let Resource::EndpointSlice(slice) = &resources[1] else {
-            panic!("not a slice")
-        };
-        assert_eq!(slice.service_name(), Some("echo"));
-        assert_eq!(slice.ports[0].port, Some(8080));
-    }
-
-    #[test]
-    fn errors_name_the_file_and_the_line_in_the_file() {
-        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {}\n---\n\
-                    apiVersion: v1\nkind: Service\nmetadata: {name: b}\nspec:\n  ports:\n  - port: notanumber\n";
-        let errors = parse_documents("bad.yaml", text).unwrap_err();
-        assert_eq!(errors.len(), 1, "{errors:?}");
-        assert_eq!(errors[0].file, "bad.yaml");
-        assert_eq!(errors[0].line, 11, "{errors:?}");
-    }
-
-    #[test]
-    fn unsupported_kinds_and_missing_type_are_reported_together() {
-        let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\nkind: Service\n";
-        let errors = parse_documents("x.yaml", text).unwrap_err();
-        assert_eq!(errors.len(), 2);
-        assert!(errors[0].message.contains("not supported"), "{}", errors[0]);
-        assert_eq!(errors[1].line, 5);
-        assert!(errors[1].message.contains("apiVersion"), "{}", errors[1]);
-    }
-
-    #[test]
-    fn empty_documents_and_comments_are_skipped() {
-        assert_eq!(
-            parse_documents("e.yaml", "---\n# nothing\n---\n"),
-            Ok(vec![])
-        );
-    }
-
-    #[test]
-    fn alias_bombs_and_deep_nesting_are_refused() {
-        let mut bomb = String::from("apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec:\n  x0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
-        for level in 1..12 {
-            let previous = level - 1;
-            let refs = vec![format!("*a{previous}"); 9].join(", ");
-            bomb.push_str(&format!("  x{level}: &a{level} [{refs}]\n"));
-        }
-        let errors = parse_documents("bomb.yaml", &bomb).unwrap_err();
-        assert!(
-            errors[0].message.contains("budget"),
-            "9^11 expanded nodes must be refused: {errors:?}"
-        );
-
-        let deep = format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: a}}\nspec: {}{}\n",
-            "[".repeat(5000),
-            "]".repeat(5000)
-        );
-        let errors = parse_documents("deep.yaml", &deep).unwrap_err();
-        assert_eq!(errors[0].file, "deep.yaml");
-    }
-
-    #[test]
-    fn oversized_input_is_refused_before_parsing() {
-        let text = "a".repeat(MAX_FILE_BYTES + 1);
-        let errors = parse_documents("big.yaml", &text).unwrap_err();
-        assert!(errors[0].message.contains("limit"));
-    }
-}
+mod tests;

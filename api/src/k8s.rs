@@ -1,8 +1,9 @@
 //! Kubernetes resources as the API server returns them, reduced to the fields Skiff reads.
 //!
 //! Fields Skiff does not use (`status`, `metadata.managedFields`, `spec.sessionAffinity`, …) are
-//! accepted and ignored, because these documents are pasted from real clusters. Skiff's own kinds
-//! (which arrive with the control-plane issue) reject unknown fields instead.
+//! accepted and ignored, because these documents are pasted from real clusters. The Gateway API
+//! and Skiff's own kinds ([`crate::gateway`], [`crate::skiff_kinds`]) reject unknown fields
+//! instead, so that typos are caught; their `metadata` is this same [`ObjectMeta`].
 
 use std::collections::BTreeMap;
 
@@ -23,6 +24,11 @@ pub struct ObjectMeta {
     /// Skiff's per-resource switches live in annotations (`skiff.dev/...`).
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
+    /// Set by the API server (RFC 3339, like `2024-05-01T12:00:00Z`); the Gateway API breaks
+    /// ties between conflicting routes in favour of the oldest. Absent in hand-written files,
+    /// where such a route counts as newer than any that has one.
+    #[serde(default)]
+    pub creation_timestamp: Option<String>,
 }
 
 fn default_namespace() -> String {
@@ -33,7 +39,9 @@ fn default_namespace() -> String {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Service {
+    /// Name and namespace: the Service's `namespace/name`.
     pub metadata: ObjectMeta,
+    /// VIPs and ports.
     pub spec: ServiceSpec,
 }
 
@@ -85,6 +93,7 @@ pub enum IntOrString {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct EndpointSlice {
+    /// Names the slice; its `kubernetes.io/service-name` label names its Service.
     pub metadata: ObjectMeta,
     /// `IPv4`, `IPv6` or `FQDN`; Skiff uses IP slices only.
     pub address_type: String,

@@ -66,12 +66,15 @@ fn respond(
             // A snapshot exists from the start in standalone mode; readiness ends with the drain.
             if state.drain.is_draining() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if !state.proxy.control.is_ready() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "no configuration yet\n")
             } else {
                 text(StatusCode::OK, "ready\n")
             }
         }
         (Surface::Metrics | Surface::Admin, &Method::GET, "/metrics") => {
-            let mut response = text(StatusCode::OK, state.proxy.metrics.render());
+            let rendered = state.proxy.metrics.render() + &state.proxy.control.render();
+            let mut response = text(StatusCode::OK, rendered);
             response.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

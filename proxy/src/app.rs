@@ -8,6 +8,7 @@ use std::time::Duration;
 use skiff_api::config::WorkloadRef;
 
 use crate::admin::{self, Surface};
+use crate::control::ControlStatus;
 use crate::detect::SERVER_FIRST_PORTS;
 use crate::drain::{Drain, DrainSignal};
 use crate::http::client::{ClientSettings, Upstreams};
@@ -33,6 +34,9 @@ pub struct Settings {
     pub client: ClientSettings,
     /// After SIGTERM, the longest time in-flight connections get before the process exits.
     pub drain_period: Duration,
+    /// Configuration is streamed from the control plane (`--control-plane`): the proxy is
+    /// ready only once a first one is applied. Otherwise it comes from local files.
+    pub from_control_plane: bool,
 }
 
 impl Settings {
@@ -46,6 +50,7 @@ impl Settings {
             http: HttpLimits::default(),
             client: ClientSettings::default(),
             drain_period: Duration::from_secs(5),
+            from_control_plane: false,
         }
     }
 }
@@ -85,6 +90,8 @@ pub struct Proxy {
     pub upstreams: Arc<Upstreams>,
     pub metrics: Arc<Metrics>,
     pub drain: DrainSignal,
+    /// The configuration stream's state: readiness and its metrics.
+    pub control: Arc<ControlStatus>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,12 +118,14 @@ impl App {
     ) -> Result<App, BindError> {
         let drain = Drain::new();
         let upstreams = Upstreams::new(settings.client.clone());
+        let control = Arc::new(ControlStatus::new(settings.from_control_plane));
         let proxy = Arc::new(Proxy {
             settings,
             snapshot: SnapshotHandle::new(snapshot),
             upstreams,
             metrics: Arc::default(),
             drain: drain.signal(),
+            control,
         });
         let mut listeners = Vec::new();
         let required = [

@@ -19,19 +19,6 @@ pub enum Protocol {
     Tcp,
 }
 
-impl Protocol {
-    /// Maps a Kubernetes `appProtocol` value; `None` for a value Skiff does not know.
-    pub fn from_app_protocol(value: &str) -> Option<Protocol> {
-        match value.to_ascii_lowercase().as_str() {
-            "http" | "http1" | "kubernetes.io/ws" => Some(Protocol::Http1),
-            "http2" | "h2c" | "kubernetes.io/h2c" | "grpc" | "grpc-web" => Some(Protocol::Http2),
-            "tcp" | "tls" | "https" | "kubernetes.io/wss" | "mongo" | "mysql" | "redis"
-            | "postgres" | "postgresql" => Some(Protocol::Tcp),
-            _ => None,
-        }
-    }
-}
-
 /// What the proxy does before touching the bytes of a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
@@ -267,12 +254,6 @@ mod tests {
             Decision::ServerFirst
         );
         assert_eq!(decide(None, 8080, &SERVER_FIRST_PORTS), Decision::Detect);
-        assert_eq!(
-            Protocol::from_app_protocol("kubernetes.io/h2c"),
-            Some(Protocol::Http2)
-        );
-        assert_eq!(Protocol::from_app_protocol("HTTP"), Some(Protocol::Http1));
-        assert_eq!(Protocol::from_app_protocol("smoke-signals"), None);
     }
 
     /// Not a coverage-guided fuzzer (that needs a nightly toolchain), but the same contract:

@@ -13,6 +13,7 @@ mod admin;
 mod app;
 mod capture;
 mod connection;
+mod control;
 mod detect;
 mod drain;
 mod error;
@@ -24,7 +25,6 @@ mod metrics;
 mod outbound;
 mod policy;
 mod route;
-mod standalone;
 mod tcp;
 
 use std::net::IpAddr;
@@ -80,8 +80,17 @@ struct InitArgs {
 #[derive(clap::Args)]
 struct RunArgs {
     /// Policy files or directories of YAML (Service, EndpointSlice); repeatable.
-    #[arg(long, env = "SKIFF_POLICY", value_delimiter = ',', required = true)]
+    #[arg(
+        long,
+        env = "SKIFF_POLICY",
+        value_delimiter = ',',
+        required_unless_present = "control_plane"
+    )]
     policy: Vec<PathBuf>,
+    /// Stream configuration from the control plane at host:port (port 15010 if omitted)
+    /// instead of reading --policy files.
+    #[arg(long, env = "SKIFF_CONTROL_PLANE", value_parser = control::parse_address, conflicts_with = "policy")]
+    control_plane: Option<::http::uri::Authority>,
     /// Namespace of the workload this proxy serves.
     #[arg(long, env = "SKIFF_NAMESPACE", default_value = "default")]
     namespace: String,
@@ -149,10 +158,23 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         namespace: args.namespace,
         name: args.workload,
     };
-    let snapshot = policy::load(&args.policy, &workload, &args.pod_ip)?;
+    let snapshot = match args.control_plane {
+        // Nothing to route by until the control plane answers; readiness waits for it.
+        Some(_) => policy::Snapshot::default(),
+        None => policy::load(&args.policy, &workload, &args.pod_ip)?,
+    };
+    let stream = args
+        .control_plane
+        .map(|control_plane| control::StreamSettings {
+            control_plane,
+            workload: workload.clone(),
+            pod_ips: args.pod_ip.clone(),
+            backoff: control::Backoff::default(),
+        });
     let mut settings = app::Settings::new(workload, args.pod_ip);
     settings.drain_period = args.drain_period;
     settings.detect_timeout = args.detect_timeout;
+    settings.from_control_plane = stream.is_some();
     let runtime = if args.workers <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -171,7 +193,25 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             wait_for_termination().await;
             drain.start();
         });
-        tokio::spawn(reload_on_hangup(app.proxy(), args.policy));
+        match stream {
+            Some(stream) => {
+                let proxy = app.proxy();
+                let source = format!("control plane {}", stream.control_plane);
+                let apply: control::Apply = std::sync::Arc::new(move |config| {
+                    let version = config.version.clone();
+                    let snapshot = policy::Snapshot::from_config(
+                        format!("{source}, version {version}"),
+                        config,
+                    )
+                    .map_err(|error| error.to_string())?;
+                    proxy.snapshot.replace(snapshot);
+                    tracing::info!(%version, "configuration applied");
+                    Ok(())
+                });
+                tokio::spawn(control::run(stream, app.proxy().control.clone(), apply))
+            }
+            None => tokio::spawn(reload_on_hangup(app.proxy(), args.policy)),
+        };
         app.run().await;
         anyhow::Ok(())
     })

@@ -88,7 +88,7 @@ spec:
     fn plans_by_original_destination() {
         let workload = skiff_api::config::WorkloadRef::default();
         let files = [("p.yaml".to_string(), POLICY.to_string())];
-        let config = crate::standalone::standalone_config(&files, &workload, &[]).unwrap();
+        let config = crate::policy::config_from_files(&files, &workload, &[]).unwrap();
         let snapshot = Snapshot::from_config("test".into(), config).unwrap();
         let table = [
             ("10.96.0.1:80", Some(Decision::Declared(Protocol::Http2))),

@@ -12,7 +12,6 @@ use skiff_api::config::{AppProtocol, ProxyConfig, WorkloadRef};
 
 use crate::detect::Protocol;
 use crate::route::{CompileError, Route};
-use crate::standalone::standalone_config;
 
 /// The ready endpoints of one port of one service, and the balancer's cursor over them.
 #[derive(Debug)]
@@ -292,7 +291,7 @@ pub fn load(
         })?;
         texts.push((file.display().to_string(), text));
     }
-    let config = standalone_config(&texts, workload, pod_ips)?;
+    let config = config_from_files(&texts, workload, pod_ips)?;
     let source = format!(
         "files: {}",
         files
@@ -302,6 +301,24 @@ pub fn load(
             .join(", ")
     );
     Ok(Snapshot::from_config(source, config)?)
+}
+
+/// Standalone mode: validates `(file name, text)` pairs and computes the configuration the
+/// control plane would send `workload`, with the same code the control plane uses.
+pub fn config_from_files(
+    files: &[(String, String)],
+    workload: &WorkloadRef,
+    pod_ips: &[IpAddr],
+) -> Result<ProxyConfig, LoadError> {
+    let loaded = skiff_api::load(files).map_err(|problems| {
+        LoadError::Invalid(problems.iter().map(ToString::to_string).collect())
+    })?;
+    for warning in &loaded.warnings {
+        tracing::warn!("policy: {warning}");
+    }
+    let mut config = skiff_api::proxy_config(&loaded.policy, workload, pod_ips);
+    config.version = "local".into();
+    Ok(config)
 }
 
 #[cfg(test)]

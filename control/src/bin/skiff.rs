@@ -1,10 +1,12 @@
-//! `skiff`: the user's command-line tool. For now it checks policy files offline; the control
-//! plane commands (`proxy-status`, `proxy-config`, `demo`) arrive with the control plane.
+//! `skiff`: the user's command-line tool. `analyze -f DIR` checks policy files offline with the
+//! control plane's own validation (`skiff_api::load`); `proxy-status` and `proxy-config` ask a
+//! running control plane.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use skiff_control::inspect;
 
 #[derive(Parser)]
 #[command(
@@ -25,35 +27,65 @@ enum Command {
         #[arg(short = 'f', long = "filename", required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Every proxy connected to the control plane: the configuration version it runs, ACK or
+    /// NACK (with the reason), and when it was last seen.
+    ProxyStatus(skiff_control::inspect::ProxyStatusArgs),
+    /// The configuration the control plane last sent to a workload's proxy.
+    ProxyConfig(skiff_control::inspect::ProxyConfigArgs),
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Analyze { paths } => analyze(&paths),
+        Command::ProxyStatus(args) => inspect::print(inspect::proxy_status(&args)),
+        Command::ProxyConfig(args) => inspect::print(inspect::proxy_config(&args)),
     }
 }
 
+/// Runs the same validation as the control plane over `paths` and prints every problem, one per
+/// line (`file:line path: message`), then a summary. Exits 1 when any problem is an error.
 fn analyze(paths: &[PathBuf]) -> ExitCode {
-    let mut problems = Vec::new();
-    let mut resources = 0;
-    for file in policy_files(paths, &mut problems) {
+    let mut unreadable = Vec::new();
+    let mut files = Vec::new();
+    for file in policy_files(paths, &mut unreadable) {
+        let name = file.display().to_string();
+        let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+        if size > skiff_api::MAX_FILE_BYTES as u64 {
+            // Refused before reading, so a huge file costs nothing.
+            unreadable.push(format!(
+                "{name}: file is {size} bytes; the limit is {} (4 MiB)",
+                skiff_api::MAX_FILE_BYTES
+            ));
+            continue;
+        }
         match std::fs::read_to_string(&file) {
-            Ok(text) => match skiff_api::parse_documents(&file.display().to_string(), &text) {
-                Ok(parsed) => resources += parsed.len(),
-                Err(errors) => problems.extend(errors.iter().map(ToString::to_string)),
-            },
-            Err(error) => problems.push(format!("{}: cannot read: {error}", file.display())),
+            Ok(text) => files.push((name, text)),
+            Err(error) => unreadable.push(format!("{name}: cannot read: {error}")),
         }
     }
-    if problems.is_empty() {
-        println!("{resources} resources, no problems found");
-        ExitCode::SUCCESS
-    } else {
-        for problem in &problems {
-            eprintln!("{problem}");
-        }
-        eprintln!("{} problem(s) found", problems.len());
+    let problems = match skiff_api::load(&files) {
+        Ok(loaded) => loaded.warnings,
+        Err(problems) => problems,
+    };
+    for line in &unreadable {
+        println!("{line}");
+    }
+    for problem in &problems {
+        println!("{problem}");
+    }
+    let errors = unreadable.len() + problems.iter().filter(|p| p.is_error()).count();
+    let warnings = problems.len() + unreadable.len() - errors;
+    let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+    println!(
+        "{}: {}, {}",
+        plural(files.len(), "file"),
+        plural(errors, "error"),
+        plural(warnings, "warning")
+    );
+    if errors > 0 {
         ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

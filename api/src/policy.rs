@@ -1,0 +1,211 @@
+//! The validated model: what a set of policy files means once every reference is resolved and
+//! every value parsed. Built only by [`crate::load`], so holding a [`Policy`] means holding a
+//! policy without errors. The per-proxy view ([`crate::proxy_config`]) is computed from it.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use crate::config::{AppProtocol, Backend, HeaderModifier, RouteMatch};
+pub use crate::skiff_kinds::MtlsMode;
+pub use crate::timestamp::Timestamp;
+
+/// Everything the mesh knows, validated.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Sorted by key.
+    pub services: Vec<Service>,
+    /// Sorted by key.
+    pub routes: Vec<HttpRoute>,
+    /// Sorted by key.
+    pub workloads: Vec<Workload>,
+    /// Sorted by key.
+    pub traffic_policies: Vec<TrafficPolicy>,
+    /// Sorted by key.
+    pub inbound_policies: Vec<InboundPolicy>,
+}
+
+impl Policy {
+    pub fn service(&self, key: &ObjectKey) -> Option<&Service> {
+        self.services
+            .binary_search_by(|s| s.key.cmp(key))
+            .ok()
+            .map(|at| &self.services[at])
+    }
+
+    pub fn workload(&self, key: &ObjectKey) -> Option<&Workload> {
+        self.workloads
+            .binary_search_by(|w| w.key.cmp(key))
+            .ok()
+            .map(|at| &self.workloads[at])
+    }
+}
+
+/// `namespace/name` of an object; unique per kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    /// `metadata.namespace` (default `default`).
+    pub namespace: String,
+    /// `metadata.name`.
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> ObjectKey {
+        ObjectKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A Service with its endpoints resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    /// Names the Service in routes, metrics and logs.
+    pub key: ObjectKey,
+    /// Cluster IPs (one per family), deduplicated; empty for a headless Service, whose clients
+    /// dial pod IPs directly.
+    pub vips: Vec<IpAddr>,
+    /// In the order written; at most one per number and transport.
+    pub ports: Vec<ServicePort>,
+}
+
+impl Service {
+    pub fn port(&self, port: u16) -> Option<&ServicePort> {
+        self.ports.iter().find(|p| p.port == port)
+    }
+}
+
+/// One port of a Service and the endpoints behind it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    /// Ties the port to the EndpointSlice port of the same name; routes may name it
+    /// (`sectionName`).
+    pub name: Option<String>,
+    /// The port clients dial on the VIP.
+    pub port: u16,
+    /// Only TCP ports are proxied; the others are kept so references to them are understood.
+    pub transport: Transport,
+    /// From `appProtocol`; `None` means the proxy detects the protocol.
+    pub protocol: Option<AppProtocol>,
+    /// Every endpoint of this port, ready or not, in slice order.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// The transport protocol of a Service port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+/// One backend address of a Service port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Pod IP and the resolved target port.
+    pub addr: SocketAddr,
+    /// Whether traffic may be sent there (`conditions.ready`, unset means ready).
+    pub ready: bool,
+    /// The Workload behind the address, when one claims it; its identity is checked with mTLS.
+    pub workload: Option<ObjectKey>,
+}
+
+/// A Workload: a pod's identity in file mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Workload {
+    /// Endpoints and InboundPolicies name the workload by it.
+    pub key: ObjectKey,
+    /// Names the workload's SPIFFE identity.
+    pub service_account: String,
+    /// Pod IPs; endpoints at these addresses belong to this workload.
+    pub addresses: Vec<IpAddr>,
+    /// What a proxy of this workload presents to get its first certificate in file mode.
+    pub bootstrap_token: Option<String>,
+}
+
+/// An HTTPRoute attached to Services.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpRoute {
+    /// Names the route in the view (`Route::route`), and breaks precedence ties.
+    pub key: ObjectKey,
+    /// `metadata.creationTimestamp`: the older of two conflicting routes wins.
+    pub created: Option<Timestamp>,
+    /// The Service ports the route attaches to (parentRefs to Gateways and other kinds are
+    /// dropped with a warning).
+    pub parents: Vec<RouteParent>,
+    /// In the route's order; unsupported parts already dropped with a warning.
+    pub rules: Vec<RouteRule>,
+}
+
+impl HttpRoute {
+    /// Whether the route attaches to `port` of `service`.
+    pub fn attaches_to(&self, service: &ObjectKey, port: u16) -> bool {
+        self.parents
+            .iter()
+            .any(|p| &p.service == service && p.port.is_none_or(|only| only == port))
+    }
+}
+
+/// A Service (or one port of it) a route attaches to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteParent {
+    /// The Service whose traffic the route decides.
+    pub service: ObjectKey,
+    /// From `parentRef.port` or `sectionName`; `None` means every port.
+    pub port: Option<u16>,
+}
+
+/// One rule of a route, parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteRule {
+    /// Position in `spec.rules`: names the rule in metrics and breaks precedence ties.
+    pub index: usize,
+    /// `spec.rules[].name`, when set.
+    pub name: Option<String>,
+    /// ORed; never empty (a rule without matches matches `PathPrefix /`). Header names are
+    /// lower-cased and headers and query parameters sorted by name, so equal conditions
+    /// compare equal.
+    pub matches: Vec<RouteMatch>,
+    /// From the rule's `RequestHeaderModifier` filter.
+    pub request_headers: HeaderModifier,
+    /// From the rule's `ResponseHeaderModifier` filter.
+    pub response_headers: HeaderModifier,
+    /// `namespace/name` of Services present in the policy, with a port they have.
+    pub backends: Vec<Backend>,
+    /// `timeouts.request`; `None` when unset or `0s`.
+    pub timeout: Option<Duration>,
+    /// `timeouts.backendRequest`; `None` when unset or `0s`.
+    pub backend_timeout: Option<Duration>,
+}
+
+/// A TrafficPolicy, parsed and attached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrafficPolicy {
+    /// Names the policy in messages.
+    pub key: ObjectKey,
+    /// The Service it applies to (same namespace as the policy).
+    pub service: ObjectKey,
+    /// One port of it, or every port.
+    pub port: Option<u16>,
+    /// Default 1 s.
+    pub connect_timeout: Duration,
+}
+
+/// An InboundPolicy, parsed and attached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InboundPolicy {
+    /// Names the policy in messages.
+    pub key: ObjectKey,
+    /// The Workload it applies to (same namespace as the policy).
+    pub workload: ObjectKey,
+    /// Default PERMISSIVE.
+    pub mtls: MtlsMode,
+}

@@ -1,0 +1,235 @@
+//! The per-proxy view: from the validated [`Policy`], what one workload's proxy needs — every
+//! Service it may call (VIPs, ports, ready endpoints, routes in precedence order) and the ports
+//! of its own that Services target. A pure function, so the control plane and standalone mode
+//! compute the same thing, and tests need no sockets.
+//!
+//! **Route precedence** follows the Gateway API: across every rule attached to a Service port,
+//! a more specific match comes first — an `Exact` path, then a `RegularExpression` path
+//! (longer patterns first; the spec leaves regexes to implementations), then a `PathPrefix`
+//! with more characters; then a method match; then more header matches; then more query
+//! matches. Ties go to the older route (`creationTimestamp`; a route without one counts as
+//! newest), then the route whose `namespace/name` sorts first, then the earlier rule.
+//!
+//! A rule keeps all its matches in one [`Route`] and is placed by its best match. The proxy
+//! takes the first route any of whose matches accepts a request, so a weak match of a rule
+//! placed early (because of a strong sibling match) can take a request that a later rule
+//! matches more specifically. Write such matches as separate rules when that matters.
+//!
+//! **Producer and consumer routes** (GAMMA): a route in the Service's namespace applies to
+//! every client; a route in another namespace applies only to clients in its own namespace,
+//! and for those clients it replaces the producer routes of that Service port.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use crate::config::{
+    Endpoint, InboundPort, PathMatch, PortConfig, ProxyConfig, Route, RouteMatch, ServiceConfig,
+    WorkloadRef,
+};
+use crate::policy::{
+    HttpRoute, ObjectKey, Policy, RouteRule, Service, ServicePort, Timestamp, Transport,
+};
+
+/// The configuration of the proxy of `workload`, whose pod has `pod_ips`. `version` is left
+/// empty: the control plane sets it.
+pub fn proxy_config(policy: &Policy, workload: &WorkloadRef, pod_ips: &[IpAddr]) -> ProxyConfig {
+    let me = ObjectKey::new(&workload.namespace, &workload.name);
+    let attachments = Attachments::new(policy);
+    let mut services = Vec::new();
+    // Target port → Service name; the first Service (by name) wins a port.
+    let mut inbound: BTreeMap<u16, InboundPort> = BTreeMap::new();
+    for service in &policy.services {
+        let name = service.key.to_string();
+        let mut ports = Vec::new();
+        for port in service
+            .ports
+            .iter()
+            .filter(|p| p.transport == Transport::Tcp)
+        {
+            for endpoint in &port.endpoints {
+                let mine = pod_ips.contains(&endpoint.addr.ip())
+                    || endpoint.workload.as_ref() == Some(&me);
+                if mine {
+                    inbound
+                        .entry(endpoint.addr.port())
+                        .or_insert_with(|| InboundPort {
+                            port: endpoint.addr.port(),
+                            service: name.clone(),
+                            protocol: port.protocol,
+                        });
+                }
+            }
+            ports.push(PortConfig {
+                port: port.port,
+                protocol: port.protocol,
+                endpoints: ready_endpoints(port),
+                routes: attachments.routes(service, port.port, &workload.namespace),
+            });
+        }
+        services.push(ServiceConfig {
+            name,
+            vips: service.vips.clone(),
+            ports,
+        });
+    }
+    ProxyConfig {
+        version: String::new(),
+        workload: workload.clone(),
+        services,
+        inbound: inbound.into_values().collect(),
+    }
+}
+
+fn ready_endpoints(port: &ServicePort) -> Vec<Endpoint> {
+    port.endpoints
+        .iter()
+        .filter(|e| e.ready)
+        .map(|e| Endpoint {
+            addr: e.addr,
+            workload: e.workload.as_ref().map(|w| WorkloadRef {
+                namespace: w.namespace.clone(),
+                name: w.name.clone(),
+            }),
+        })
+        .collect()
+}
+
+/// The routes a client in `client_namespace` uses for `port` of `service`, in precedence order.
+pub fn routes_for(
+    policy: &Policy,
+    service: &Service,
+    port: u16,
+    client_namespace: &str,
+) -> Vec<Route> {
+    Attachments::new(policy).routes(service, port, client_namespace)
+}
+
+/// Routes by the Services they attach to, built once per view so that each Service port only
+/// looks at its own routes.
+struct Attachments<'a> {
+    by_service: HashMap<&'a ObjectKey, Vec<&'a HttpRoute>>,
+}
+
+impl<'a> Attachments<'a> {
+    fn new(policy: &'a Policy) -> Self {
+        let mut by_service: HashMap<&ObjectKey, Vec<&HttpRoute>> = HashMap::new();
+        for route in &policy.routes {
+            for parent in &route.parents {
+                let routes = by_service.entry(&parent.service).or_default();
+                if !routes.iter().any(|r| r.key == route.key) {
+                    routes.push(route);
+                }
+            }
+        }
+        Attachments { by_service }
+    }
+
+    fn routes(&self, service: &Service, port: u16, client_namespace: &str) -> Vec<Route> {
+        let attached: Vec<&HttpRoute> = self
+            .by_service
+            .get(&service.key)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|route| route.attaches_to(&service.key, port))
+            .collect();
+        let producer = service.key.namespace.as_str();
+        let consumer: Vec<&HttpRoute> = attached
+            .iter()
+            .copied()
+            .filter(|r| r.key.namespace == client_namespace && client_namespace != producer)
+            .collect();
+        let chosen = if consumer.is_empty() {
+            attached
+                .into_iter()
+                .filter(|r| r.key.namespace == producer)
+                .collect()
+        } else {
+            consumer
+        };
+        let mut ranked: Vec<(Rank<'_>, Route)> = chosen
+            .into_iter()
+            .flat_map(|route| {
+                route
+                    .rules
+                    .iter()
+                    .map(move |rule| (rank(route, rule), flatten(route, rule)))
+            })
+            .collect();
+        ranked.sort_by(|a, b| a.0.cmp(&b.0));
+        ranked.into_iter().map(|(_, route)| route).collect()
+    }
+}
+
+fn flatten(route: &HttpRoute, rule: &RouteRule) -> Route {
+    Route {
+        route: route.key.to_string(),
+        rule: rule.index,
+        matches: rule.matches.clone(),
+        request_headers: rule.request_headers.clone(),
+        response_headers: rule.response_headers.clone(),
+        backends: rule.backends.clone(),
+        timeout: rule.timeout,
+        backend_timeout: rule.backend_timeout,
+    }
+}
+
+/// Sort key of a rule: smaller comes first.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Rank<'a> {
+    best_match: MatchRank,
+    /// Routes without a timestamp count as newest.
+    undated: bool,
+    created: Option<Timestamp>,
+    route: &'a ObjectKey,
+    rule: usize,
+}
+
+fn rank<'a>(route: &'a HttpRoute, rule: &RouteRule) -> Rank<'a> {
+    Rank {
+        best_match: rule
+            .matches
+            .iter()
+            .map(match_rank)
+            .min()
+            .unwrap_or_else(|| match_rank(&RouteMatch::default())),
+        undated: route.created.is_none(),
+        created: route.created,
+        route: &route.key,
+        rule: rule.index,
+    }
+}
+
+/// How specific one match is: smaller is more specific.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub struct MatchRank {
+    /// 0 `Exact`, 1 `RegularExpression`, 2 `PathPrefix`.
+    path_kind: u8,
+    /// Longer paths (and patterns) first.
+    path_length: Reverse<usize>,
+    /// A method match first.
+    no_method: bool,
+    headers: Reverse<usize>,
+    query_params: Reverse<usize>,
+}
+
+/// The Gateway API's precedence of one match.
+pub fn match_rank(m: &RouteMatch) -> MatchRank {
+    let (path_kind, length) = match &m.path {
+        Some(PathMatch::Exact(value)) => (0, value.len()),
+        Some(PathMatch::RegularExpression(value)) => (1, value.len()),
+        Some(PathMatch::PathPrefix(value)) => (2, value.trim_end_matches('/').len().max(1)),
+        None => (2, 1),
+    };
+    MatchRank {
+        path_kind,
+        path_length: Reverse(length),
+        no_method: m.method.is_none(),
+        headers: Reverse(m.headers.len()),
+        query_params: Reverse(m.query_params.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,384 @@
+//! The per-proxy view and route precedence, table-tested from policy YAML.
+
+use std::net::{IpAddr, SocketAddr};
+
+use super::*;
+use crate::config::{AppProtocol, StringMatch, ValueMatch};
+use crate::load;
+
+fn policy(yaml: &str) -> Policy {
+    match load(&[("policy.yaml".to_string(), yaml.to_string())]) {
+        Ok(loaded) => loaded.policy,
+        Err(problems) => {
+            let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            panic!("{}", lines.join("\n"))
+        }
+    }
+}
+
+fn path(kind: &str, value: &str) -> Option<PathMatch> {
+    let value = value.to_string();
+    Some(match kind {
+        "Exact" => PathMatch::Exact(value),
+        "RegularExpression" => PathMatch::RegularExpression(value),
+        _ => PathMatch::PathPrefix(value),
+    })
+}
+
+#[test]
+fn match_precedence_follows_the_gateway_api() {
+    let header = |name: &str| ValueMatch {
+        name: name.to_string(),
+        value: StringMatch::Exact("1".to_string()),
+    };
+    let m =
+        |kind: &str, value: &str, method: Option<&str>, headers: usize, query: usize| RouteMatch {
+            path: path(kind, value),
+            headers: (0..headers).map(|i| header(&format!("h{i}"))).collect(),
+            query_params: (0..query).map(|i| header(&format!("q{i}"))).collect(),
+            method: method.map(str::to_string),
+        };
+    // Each row: the first match must come before the second.
+    let rows = [
+        (
+            "exact beats a longer prefix",
+            m("Exact", "/a", None, 0, 0),
+            m("PathPrefix", "/a/b/c", None, 0, 0),
+        ),
+        (
+            "exact beats a regex",
+            m("Exact", "/a", None, 0, 0),
+            m("RegularExpression", "/a.*", None, 0, 0),
+        ),
+        (
+            "regex beats a prefix",
+            m("RegularExpression", "/a.*", None, 0, 0),
+            m("PathPrefix", "/abc", None, 0, 0),
+        ),
+        (
+            "longer prefix first",
+            m("PathPrefix", "/api/v1", None, 0, 0),
+            m("PathPrefix", "/api", None, 0, 0),
+        ),
+        (
+            "method beats headers",
+            m("PathPrefix", "/api", Some("GET"), 0, 0),
+            m("PathPrefix", "/api", None, 3, 0),
+        ),
+        (
+            "more headers first",
+            m("PathPrefix", "/", None, 2, 0),
+            m("PathPrefix", "/", None, 1, 5),
+        ),
+        (
+            "more query params first",
+            m("PathPrefix", "/", None, 1, 2),
+            m("PathPrefix", "/", None, 1, 1),
+        ),
+        (
+            "a trailing slash does not lengthen a prefix",
+            m("PathPrefix", "/api", Some("GET"), 0, 0),
+            m("PathPrefix", "/api/", None, 0, 0),
+        ),
+    ];
+    for (why, first, second) in rows {
+        assert!(match_rank(&first) < match_rank(&second), "{why}");
+    }
+}
+
+const SERVICES: &str = "\
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  clusterIP: 10.96.0.10
+  ports:
+  - {name: http, port: 80, appProtocol: http}
+  - {name: admin, port: 9000}
+  - {name: dns, port: 53, protocol: UDP}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-v2, namespace: shop}
+spec:
+  clusterIP: 10.96.0.11
+  ports: [{name: http, port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: data}
+spec:
+  clusterIP: None
+  ports: [{port: 5432, appProtocol: postgresql}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  namespace: shop
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+endpoints:
+- addresses: [10.0.0.5]
+- addresses: [10.0.0.6]
+  conditions: {ready: false}
+- addresses: [10.0.0.7]
+ports:
+- {name: http, port: 8080}
+- {name: admin, port: 9090}
+- {name: dns, port: 5353}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: db-1
+  namespace: data
+  labels: {kubernetes.io/service-name: db}
+addressType: IPv4
+endpoints:
+- addresses: [10.0.1.9]
+ports:
+- {port: 5432}
+---
+apiVersion: skiff.dev/v1alpha1
+kind: Workload
+metadata: {name: web-a, namespace: shop}
+spec: {addresses: [10.0.0.5]}
+---
+apiVersion: skiff.dev/v1alpha1
+kind: Workload
+metadata: {name: db-0, namespace: data}
+spec: {addresses: [10.0.1.9]}
+---
+";
+
+fn me(namespace: &str, name: &str) -> WorkloadRef {
+    WorkloadRef {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+    }
+}
+
+#[test]
+fn the_view_lists_every_tcp_port_with_ready_endpoints() {
+    let policy = policy(SERVICES);
+    let config = proxy_config(&policy, &me("shop", "client"), &[]);
+    assert_eq!(config.version, "", "the control plane sets it");
+    let names: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["data/db", "shop/web", "shop/web-v2"]);
+    let db = &config.services[0];
+    assert!(db.vips.is_empty(), "headless");
+    assert_eq!(db.ports[0].protocol, Some(AppProtocol::Tcp));
+    let web = &config.services[1];
+    assert_eq!(web.vips, vec!["10.96.0.10".parse::<IpAddr>().unwrap()]);
+    let ports: Vec<u16> = web.ports.iter().map(|p| p.port).collect();
+    assert_eq!(ports, [80, 9000], "UDP is not proxied");
+    let http = &web.ports[0];
+    assert_eq!(http.protocol, Some(AppProtocol::Http1));
+    let addrs: Vec<SocketAddr> = http.endpoints.iter().map(|e| e.addr).collect();
+    assert_eq!(
+        addrs,
+        [
+            "10.0.0.5:8080".parse().unwrap(),
+            "10.0.0.7:8080".parse().unwrap()
+        ],
+        "the endpoint that is not ready is left out"
+    );
+    assert_eq!(http.endpoints[0].workload, Some(me("shop", "web-a")));
+    assert_eq!(http.endpoints[1].workload, None);
+    assert_eq!(web.ports[1].protocol, None, "no appProtocol: detect");
+    assert!(config.inbound.is_empty(), "the client is nobody's endpoint");
+}
+
+#[test]
+fn inbound_ports_come_from_pod_ips_or_the_workload() {
+    let policy = policy(SERVICES);
+    let by_ip = proxy_config(
+        &policy,
+        &me("shop", "unknown"),
+        &["10.0.0.7".parse().unwrap()],
+    );
+    let inbound: Vec<(u16, &str, Option<AppProtocol>)> = by_ip
+        .inbound
+        .iter()
+        .map(|p| (p.port, p.service.as_str(), p.protocol))
+        .collect();
+    assert_eq!(
+        inbound,
+        [
+            (8080, "shop/web", Some(AppProtocol::Http1)),
+            (9090, "shop/web", None)
+        ]
+    );
+    // Endpoints that are not ready still name inbound traffic; UDP does not.
+    let by_name = proxy_config(&policy, &me("data", "db-0"), &[]);
+    assert_eq!(by_name.inbound.len(), 1);
+    assert_eq!(by_name.inbound[0].port, 5432);
+    assert_eq!(by_name.inbound[0].service, "data/db");
+}
+
+fn routes_of(config: &ProxyConfig, service: &str, port: u16) -> Vec<(String, usize)> {
+    let service = config.services.iter().find(|s| s.name == service).unwrap();
+    let port = service.ports.iter().find(|p| p.port == port).unwrap();
+    port.routes
+        .iter()
+        .map(|r| (r.route.clone(), r.rule))
+        .collect()
+}
+
+fn route(
+    namespace: &str,
+    name: &str,
+    created: Option<&str>,
+    port: Option<u16>,
+    rules: &str,
+) -> String {
+    let created = created
+        .map(|t| format!(", creationTimestamp: \"{t}\""))
+        .unwrap_or_default();
+    let port = port.map(|p| format!(", port: {p}")).unwrap_or_default();
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, \
+         namespace: {namespace}{created}}}\nspec:\n  parentRefs: [{{group: \"\", kind: Service, \
+         name: web, namespace: shop{port}}}]\n  rules:\n{rules}---\n"
+    )
+}
+
+#[test]
+fn routes_are_ordered_by_precedence_then_age_then_name_then_rule() {
+    let backend = "    backendRefs: [{name: web-v2, namespace: shop, port: 80}]\n";
+    let rule = |matches: &str| format!("  - matches: [{matches}]\n{backend}");
+    let yaml = [
+        SERVICES.to_string(),
+        // Two rules in one route: exact first despite being listed second.
+        route(
+            "shop",
+            "paths",
+            None,
+            Some(80),
+            &(rule("{path: {type: PathPrefix, value: /api}}")
+                + &rule("{path: {type: Exact, value: /api/health}}")),
+        ),
+        // Same prefix as paths/0, but older: comes first among equals.
+        route(
+            "shop",
+            "older",
+            Some("2024-01-01T00:00:00Z"),
+            Some(80),
+            &rule("{path: {type: PathPrefix, value: /api}, headers: [{name: x, value: \"1\"}]}"),
+        ),
+        route(
+            "shop",
+            "newer",
+            Some("2024-06-01T00:00:00Z"),
+            Some(80),
+            &rule("{path: {type: PathPrefix, value: /api}, headers: [{name: y, value: \"1\"}]}"),
+        ),
+        // A catch-all rule without matches comes last.
+        route(
+            "shop",
+            "catch-all",
+            None,
+            Some(80),
+            &format!("  - name: all\n{backend}"),
+        ),
+        // Attached to port 9000 only.
+        route(
+            "shop",
+            "admin",
+            None,
+            Some(9000),
+            &rule("{path: {type: Exact, value: /}}"),
+        ),
+        // A rule with several matches is placed by its best one.
+        route(
+            "shop",
+            "multi",
+            None,
+            Some(80),
+            &rule("{path: {type: PathPrefix, value: /}}, {path: {type: Exact, value: /z}}"),
+        ),
+    ]
+    .concat();
+    let policy = policy(&yaml);
+    let config = proxy_config(&policy, &me("shop", "client"), &[]);
+    let order = routes_of(&config, "shop/web", 80);
+    let expected = [
+        ("shop/paths", 1), // Exact /api/health (11 characters)
+        ("shop/multi", 0), // Exact /z
+        ("shop/older", 0), // PathPrefix /api + 1 header, oldest
+        ("shop/newer", 0), // PathPrefix /api + 1 header
+        ("shop/paths", 0), // PathPrefix /api
+        ("shop/catch-all", 0),
+    ];
+    let expected: Vec<(String, usize)> =
+        expected.iter().map(|(r, i)| (r.to_string(), *i)).collect();
+    assert_eq!(order, expected);
+    assert_eq!(
+        routes_of(&config, "shop/web", 9000),
+        [("shop/admin".to_string(), 0)]
+    );
+    assert!(routes_of(&config, "shop/web-v2", 80).is_empty());
+
+    let catch_all = &config.services[1].ports[0].routes[5];
+    assert_eq!(catch_all.matches[0].path, path("PathPrefix", "/"));
+    assert_eq!(catch_all.backends[0].service, "shop/web-v2");
+}
+
+#[test]
+fn consumer_routes_replace_producer_routes_for_their_namespace() {
+    let rules = "  - backendRefs: [{name: web-v2, namespace: shop, port: 80}]\n";
+    let yaml = [
+        SERVICES.to_string(),
+        route("shop", "producer", None, None, rules),
+        route("data", "consumer", None, None, rules),
+    ]
+    .concat();
+    let policy = policy(&yaml);
+    let from = |namespace: &str| {
+        routes_of(
+            &proxy_config(&policy, &me(namespace, "x"), &[]),
+            "shop/web",
+            80,
+        )
+    };
+    assert_eq!(from("shop"), [("shop/producer".to_string(), 0)]);
+    assert_eq!(from("data"), [("data/consumer".to_string(), 0)]);
+    assert_eq!(from("elsewhere"), [("shop/producer".to_string(), 0)]);
+}
+
+#[test]
+fn rule_settings_reach_the_view() {
+    let rules = "  - matches: [{path: {type: PathPrefix, value: /}, method: POST}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier:
+        set: [{name: X-Env, value: canary}]
+        remove: [X-Debug]
+    backendRefs:
+    - {name: web-v2, namespace: shop, port: 80, weight: 9}
+    - {name: web, namespace: shop, port: 80}
+    timeouts: {request: 1500ms, backendRequest: 500ms}
+";
+    let policy = policy(&[SERVICES.to_string(), route("shop", "r", None, None, rules)].concat());
+    let config = proxy_config(&policy, &me("shop", "client"), &[]);
+    let route = &config.services[1].ports[0].routes[0];
+    assert_eq!(route.route, "shop/r");
+    assert_eq!(route.matches[0].method.as_deref(), Some("POST"));
+    assert_eq!(
+        route.request_headers.set,
+        [("x-env".to_string(), "canary".to_string())]
+    );
+    assert_eq!(route.request_headers.remove, ["x-debug"]);
+    let weights: Vec<(&str, u32)> = route
+        .backends
+        .iter()
+        .map(|b| (b.service.as_str(), b.weight))
+        .collect();
+    assert_eq!(weights, [("shop/web-v2", 9), ("shop/web", 1)]);
+    assert_eq!(route.timeout, Some(std::time::Duration::from_millis(1500)));
+    assert_eq!(
+        route.backend_timeout,
+        Some(std::time::Duration::from_millis(500))
+    );
+}

@@ -1,0 +1,378 @@
+use std::path::PathBuf;
+
+use skiff_api::stream::SyncState;
+use skiff_control::shutdown::Shutdown;
+use skiff_control::source::file::FileSource;
+use skiff_control::{admin, api, inspect, ControlPlane};
+use tokio::net::TcpListener;
+
+use super::*;
+
+fn web() -> WorkloadRef {
+    WorkloadRef {
+        namespace: "shop".into(),
+        name: "web".into(),
+    }
+}
+
+fn config(version: &str) -> ProxyConfig {
+    ProxyConfig {
+        version: version.into(),
+        workload: web(),
+        ..ProxyConfig::default()
+    }
+}
+
+#[test]
+fn backoff_doubles_up_to_its_cap_and_jitters_below_it() {
+    let mut backoff = Backoff::default();
+    let mut ceilings = Vec::new();
+    for _ in 0..8 {
+        let ceiling = backoff.ceiling();
+        ceilings.push(ceiling.as_millis());
+        assert!(backoff.next_delay() <= ceiling);
+    }
+    assert_eq!(ceilings, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+    for _ in 0..100 {
+        backoff.next_delay(); // no overflow however long the outage
+    }
+    assert_eq!(backoff.ceiling(), Duration::from_secs(5));
+    backoff.reset();
+    assert_eq!(backoff.ceiling(), Duration::from_millis(100));
+}
+
+#[tokio::test(start_paused = true)]
+async fn reconnection_waits_grow_and_start_over_after_a_healthy_stream() {
+    let (attempts, mut attempted) = tokio::sync::mpsc::unbounded_channel();
+    let mut count = 0;
+    let reconnecting = tokio::spawn(keep_connected(Backoff::default(), move || {
+        count += 1;
+        let _ = attempts.send(tokio::time::Instant::now());
+        // The sixth stream delivers a configuration before it breaks.
+        let configured = count == 6;
+        async move {
+            StreamEnd {
+                configured,
+                error: StreamError::Ended,
+            }
+        }
+    }));
+    let mut times = Vec::new();
+    for _ in 0..8 {
+        times.push(attempted.recv().await.unwrap());
+    }
+    reconnecting.abort();
+    let waits: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    let ceilings = [100, 200, 400, 800, 1600, 100, 200].map(Duration::from_millis);
+    for (wait, ceiling) in waits.iter().zip(ceilings) {
+        assert!(
+            *wait <= ceiling,
+            "waited {wait:?}, at most {ceiling:?}: {waits:?}"
+        );
+    }
+}
+
+#[test]
+fn a_configuration_is_applied_once_and_a_refused_one_changes_nothing() {
+    let status = ControlStatus::new(true);
+    assert!(!status.is_ready(), "not ready before a first configuration");
+    let applied = Arc::new(Mutex::new(Vec::new()));
+    let apply: Apply = {
+        let applied = applied.clone();
+        Arc::new(move |config: ProxyConfig| {
+            if config.version == "bad" {
+                return Err("route shop/r: unknown backend".to_string());
+            }
+            applied.lock().unwrap().push(config.version);
+            Ok(())
+        })
+    };
+    let ack = |v: &str| ProxyMessage::Ack { version: v.into() };
+    assert_eq!(status.receive(config("v1"), &web(), &apply), ack("v1"));
+    assert!(status.is_ready());
+    assert_eq!(status.receive(config("v1"), &web(), &apply), ack("v1"));
+    assert_eq!(
+        *applied.lock().unwrap(),
+        ["v1"],
+        "the version in force is not re-applied"
+    );
+
+    assert_eq!(
+        status.receive(config("bad"), &web(), &apply),
+        ProxyMessage::Nack {
+            version: "bad".into(),
+            reason: "route shop/r: unknown backend".into()
+        }
+    );
+    let mut other = config("v2");
+    other.workload.name = "api".into();
+    assert!(matches!(
+        status.receive(other, &web(), &apply),
+        ProxyMessage::Nack { reason, .. } if reason.contains("workload shop/api")
+    ));
+    assert_eq!(
+        status.applied_version().as_deref(),
+        Some("v1"),
+        "last good stays"
+    );
+
+    let metrics = status.render();
+    for line in [
+        "skiff_control_plane_connected 0",
+        "skiff_config_version_info{version=\"v1\"} 1",
+        "skiff_config_updates_total{result=\"applied\"} 1",
+        "skiff_config_updates_total{result=\"refused\"} 2",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing in\n{metrics}"
+        );
+    }
+    assert!(metrics.contains("skiff_config_age_seconds "));
+}
+
+#[test]
+fn standalone_proxies_are_ready_and_render_nothing() {
+    let status = ControlStatus::new(false);
+    assert!(status.is_ready());
+    assert_eq!(status.render(), "");
+}
+
+#[test]
+fn addresses_default_to_the_api_port() {
+    assert_eq!(
+        parse_address("skiff-control").unwrap().as_str(),
+        "skiff-control:15010"
+    );
+    assert_eq!(
+        parse_address("10.0.0.1:9000").unwrap().as_str(),
+        "10.0.0.1:9000"
+    );
+    assert!(parse_address("not an address").is_err());
+}
+
+const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: echo, namespace: shop}\nspec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}\n";
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("skiff-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A control plane on loopback ports, its own task tree, stopped by `shutdown`.
+struct RunningControlPlane {
+    control: Arc<ControlPlane>,
+    api: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    shutdown: Shutdown,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningControlPlane {
+    async fn start(dir: &std::path::Path, api: &str) -> Self {
+        let control = Arc::new(ControlPlane::new());
+        let shutdown = Shutdown::new();
+        let api_listener = TcpListener::bind(api).await.unwrap();
+        let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (api, admin) = (
+            api_listener.local_addr().unwrap(),
+            admin_listener.local_addr().unwrap(),
+        );
+        let mut source = FileSource::new(dir.to_path_buf(), control.clone());
+        source.poll_interval = Duration::from_millis(20);
+        let tasks = vec![
+            tokio::spawn(source.run(shutdown.signal())),
+            tokio::spawn(api::serve(api_listener, control.clone(), shutdown.signal())),
+            tokio::spawn(admin::serve(
+                admin_listener,
+                control.clone(),
+                shutdown.signal(),
+            )),
+        ];
+        RunningControlPlane {
+            control,
+            api,
+            admin,
+            shutdown,
+            tasks,
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.request();
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+    }
+}
+
+/// Polls `condition` every 10 ms for up to 10 s.
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+/// Starts a proxy's stream client; returns its status and the versions it applied.
+fn start_proxy(
+    control_plane: std::net::SocketAddr,
+    workload: WorkloadRef,
+    refuse: Option<&'static str>,
+) -> (
+    Arc<ControlStatus>,
+    Arc<Mutex<Vec<String>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let status = Arc::new(ControlStatus::new(true));
+    let applied = Arc::new(Mutex::new(Vec::new()));
+    let apply: Apply = {
+        let applied = applied.clone();
+        Arc::new(move |config: ProxyConfig| match refuse {
+            Some(reason) => Err(reason.to_string()),
+            None => {
+                applied.lock().unwrap().push(config.version);
+                Ok(())
+            }
+        })
+    };
+    let settings = StreamSettings {
+        control_plane: control_plane.to_string().parse().unwrap(),
+        workload,
+        pod_ips: vec!["10.0.0.5".parse().unwrap()],
+        backoff: Backoff::new(Duration::from_millis(10), Duration::from_millis(100)),
+    };
+    let task = tokio::spawn(run(settings, status.clone(), apply));
+    (status, applied, task)
+}
+
+#[tokio::test]
+async fn a_proxy_follows_the_policy_directory_through_the_control_plane() {
+    let dir = TempDir::new("stream");
+    let policy = dir.0.join("echo.yaml");
+    std::fs::write(&policy, SERVICE).unwrap();
+    let plane = RunningControlPlane::start(&dir.0, "127.0.0.1:0").await;
+    let control = plane.control.clone();
+
+    // A proxy connects, receives the view and ACKs it.
+    let (status, applied, proxy) = start_proxy(plane.api, web(), None);
+    eventually("the first configuration is applied", || status.is_ready()).await;
+    let first = status.applied_version().unwrap();
+    eventually("the control plane records the ack", || {
+        control
+            .proxies
+            .list()
+            .first()
+            .and_then(|p| p.acked_version.clone())
+            == Some(first.clone())
+    })
+    .await;
+    assert!(status.is_connected());
+
+    // An edit reaches it as a new version.
+    std::fs::write(&policy, SERVICE.replace("port: 80", "port: 8080")).unwrap();
+    eventually("the edited policy is applied", || {
+        status.applied_version().as_ref() != Some(&first)
+    })
+    .await;
+    let second = status.applied_version().unwrap();
+    let snapshot = control.store.current().unwrap().version;
+
+    // An invalid edit is refused: counted, and nothing new is sent.
+    std::fs::write(dir.0.join("broken.yaml"), "kind: [").unwrap();
+    eventually("the invalid edit is counted", || {
+        control.metrics.config_errors() == 1
+    })
+    .await;
+    assert_eq!(control.store.current().unwrap().version, snapshot);
+    assert_eq!(status.applied_version().as_ref(), Some(&second));
+    assert_eq!(*applied.lock().unwrap(), [first.clone(), second.clone()]);
+
+    // `skiff proxy-config` shows what it runs.
+    let admin = plane.admin.to_string();
+    let sent = tokio::task::spawn_blocking(move || inspect::fetch_config(&admin, &web(), None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(sent.version, second);
+    assert_eq!(sent.services[0].ports[0].port, 8080);
+
+    // A proxy that cannot apply its configuration shows as NACK in `skiff proxy-status`.
+    let api_workload = WorkloadRef {
+        namespace: "shop".into(),
+        name: "api".into(),
+    };
+    let (refusing, _, refusing_task) = start_proxy(
+        plane.api,
+        api_workload.clone(),
+        Some("route shop/r: unknown backend"),
+    );
+    let admin = plane.admin.to_string();
+    let mut refused = None;
+    for _ in 0..1000 {
+        let admin = admin.clone();
+        let list = tokio::task::spawn_blocking(move || inspect::fetch_proxies(&admin))
+            .await
+            .unwrap()
+            .unwrap();
+        refused = list
+            .into_iter()
+            .find(|p| p.workload == api_workload && p.sync_state() == SyncState::Refused);
+        if refused.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let refused = refused.expect("the NACK shows in /v1/proxies");
+    assert_eq!(
+        refused.last_nack.unwrap().reason,
+        "route shop/r: unknown backend"
+    );
+    assert!(!refusing.is_ready(), "nothing applied, so not ready");
+    refusing_task.abort();
+
+    // The control plane restarts: the proxy keeps its configuration, reconnects, and is
+    // resynchronised without re-applying what it already runs.
+    std::fs::remove_file(dir.0.join("broken.yaml")).unwrap();
+    let api = plane.api;
+    plane.stop().await;
+    eventually("the proxy notices", || !status.is_connected()).await;
+    assert!(
+        status.is_ready(),
+        "the last good configuration keeps serving"
+    );
+    let plane = RunningControlPlane::start(&dir.0, &api.to_string()).await;
+    let control = plane.control.clone();
+    eventually("the proxy reconnects and acks", || {
+        control
+            .proxies
+            .list()
+            .first()
+            .and_then(|p| p.acked_version.clone())
+            == Some(second.clone())
+    })
+    .await;
+    assert_eq!(
+        applied.lock().unwrap().len(),
+        2,
+        "same content, same version, no re-apply"
+    );
+
+    proxy.abort();
+    plane.stop().await;
+}
