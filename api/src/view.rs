@@ -10,10 +10,9 @@
 //! matches. Ties go to the older route (`creationTimestamp`; a route without one counts as
 //! newest), then the route whose `namespace/name` sorts first, then the earlier rule.
 //!
-//! A rule keeps all its matches in one [`Route`] and is placed by its best match. The proxy
-//! takes the first route any of whose matches accepts a request, so a weak match of a rule
-//! placed early (because of a strong sibling match) can take a request that a later rule
-//! matches more specifically. Write such matches as separate rules when that matters.
+//! Precedence is per match: every match of a rule becomes its own [`Route`] (sharing the
+//! rule's backends, filters and timeouts), ranked on its own; the proxy takes the first route
+//! whose match accepts the request.
 //!
 //! **Producer and consumer routes** (GAMMA): a route in the Service's namespace applies to
 //! every client; a route in another namespace applies only to clients in its own namespace,
@@ -148,13 +147,15 @@ impl<'a> Attachments<'a> {
         } else {
             consumer
         };
+        // Gateway API precedence is per match, so every match of a rule becomes its own
+        // Route (sharing the rule's backends and filters) and is ranked on its own.
         let mut ranked: Vec<(Rank<'_>, Route)> = chosen
             .into_iter()
             .flat_map(|route| {
                 route
                     .rules
                     .iter()
-                    .map(move |rule| (rank(route, rule), flatten(route, rule)))
+                    .flat_map(move |rule| per_match(route, rule))
             })
             .collect();
         ranked.sort_by(|a, b| a.0.cmp(&b.0));
@@ -162,11 +163,25 @@ impl<'a> Attachments<'a> {
     }
 }
 
-fn flatten(route: &HttpRoute, rule: &RouteRule) -> Route {
+/// One ranked Route per match of `rule`; a rule without matches matches every request.
+fn per_match<'a>(route: &'a HttpRoute, rule: &RouteRule) -> Vec<(Rank<'a>, Route)> {
+    if rule.matches.is_empty() {
+        return vec![(
+            rank(route, rule, &RouteMatch::default()),
+            flatten(route, rule, Vec::new()),
+        )];
+    }
+    rule.matches
+        .iter()
+        .map(|m| (rank(route, rule, m), flatten(route, rule, vec![m.clone()])))
+        .collect()
+}
+
+fn flatten(route: &HttpRoute, rule: &RouteRule, matches: Vec<RouteMatch>) -> Route {
     Route {
         route: route.key.to_string(),
         rule: rule.index,
-        matches: rule.matches.clone(),
+        matches,
         request_headers: rule.request_headers.clone(),
         response_headers: rule.response_headers.clone(),
         backends: rule.backends.clone(),
@@ -175,10 +190,10 @@ fn flatten(route: &HttpRoute, rule: &RouteRule) -> Route {
     }
 }
 
-/// Sort key of a rule: smaller comes first.
+/// Sort key of one match of a rule: smaller comes first.
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct Rank<'a> {
-    best_match: MatchRank,
+    specificity: MatchRank,
     /// Routes without a timestamp count as newest.
     undated: bool,
     created: Option<Timestamp>,
@@ -186,14 +201,9 @@ struct Rank<'a> {
     rule: usize,
 }
 
-fn rank<'a>(route: &'a HttpRoute, rule: &RouteRule) -> Rank<'a> {
+fn rank<'a>(route: &'a HttpRoute, rule: &RouteRule, m: &RouteMatch) -> Rank<'a> {
     Rank {
-        best_match: rule
-            .matches
-            .iter()
-            .map(match_rank)
-            .min()
-            .unwrap_or_else(|| match_rank(&RouteMatch::default())),
+        specificity: match_rank(m),
         undated: route.created.is_none(),
         created: route.created,
         route: &route.key,

@@ -290,7 +290,7 @@ fn routes_are_ordered_by_precedence_then_age_then_name_then_rule() {
             Some(9000),
             &rule("{path: {type: Exact, value: /}}"),
         ),
-        // A rule with several matches is placed by its best one.
+        // Each match of a rule is ranked on its own.
         route(
             "shop",
             "multi",
@@ -304,12 +304,13 @@ fn routes_are_ordered_by_precedence_then_age_then_name_then_rule() {
     let config = proxy_config(&policy, &me("shop", "client"), &[]);
     let order = routes_of(&config, "shop/web", 80);
     let expected = [
-        ("shop/paths", 1), // Exact /api/health (11 characters)
-        ("shop/multi", 0), // Exact /z
-        ("shop/older", 0), // PathPrefix /api + 1 header, oldest
-        ("shop/newer", 0), // PathPrefix /api + 1 header
-        ("shop/paths", 0), // PathPrefix /api
-        ("shop/catch-all", 0),
+        ("shop/paths", 1),     // Exact /api/health (11 characters)
+        ("shop/multi", 0),     // Exact /z
+        ("shop/older", 0),     // PathPrefix /api + 1 header, oldest
+        ("shop/newer", 0),     // PathPrefix /api + 1 header
+        ("shop/paths", 0),     // PathPrefix /api
+        ("shop/catch-all", 0), // no matches: PathPrefix /, no timestamp, "catch-all" < "multi"
+        ("shop/multi", 0),     // PathPrefix /
     ];
     let expected: Vec<(String, usize)> =
         expected.iter().map(|(r, i)| (r.to_string(), *i)).collect();
