@@ -15,7 +15,7 @@ use crate::http::client::{ClientSettings, Upstreams};
 use crate::http::server::HttpLimits;
 use crate::listener;
 use crate::metrics::Metrics;
-use crate::policy::{Snapshot, SnapshotHandle};
+use crate::policy::{ConfigLimits, Snapshot, SnapshotHandle};
 
 /// Behaviour of the data path.
 #[derive(Clone, Debug)]
@@ -32,6 +32,8 @@ pub struct Settings {
     pub tcp_idle_timeout: Duration,
     pub http: HttpLimits,
     pub client: ClientSettings,
+    /// What configurations this proxy accepts (larger ones are refused).
+    pub config_limits: ConfigLimits,
     /// After SIGTERM, the longest time in-flight connections get before the process exits.
     pub drain_period: Duration,
     /// Configuration is streamed from the control plane (`--control-plane`): the proxy is
@@ -49,6 +51,7 @@ impl Settings {
             tcp_idle_timeout: Duration::from_secs(3600),
             http: HttpLimits::default(),
             client: ClientSettings::default(),
+            config_limits: ConfigLimits::default(),
             drain_period: Duration::from_secs(5),
             from_control_plane: false,
         }

@@ -106,6 +106,10 @@ struct RunArgs {
     /// How long to wait for a client's first bytes before treating the connection as TCP.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     detect_timeout: Duration,
+    /// Refuse (NACK) configurations with more HTTP routes than this: a guard on the memory a
+    /// control plane can make every sidecar spend.
+    #[arg(long, env = "SKIFF_MAX_ROUTES", default_value_t = policy::ConfigLimits::default().max_routes)]
+    max_routes: usize,
     /// Runtime worker threads; 1 runs everything on the main thread.
     #[arg(long, env = "SKIFF_WORKERS", default_value_t = 1)]
     workers: usize,
@@ -158,10 +162,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         namespace: args.namespace,
         name: args.workload,
     };
+    let config_limits = policy::ConfigLimits {
+        max_routes: args.max_routes,
+    };
     let snapshot = match args.control_plane {
         // Nothing to route by until the control plane answers; readiness waits for it.
         Some(_) => policy::Snapshot::default(),
-        None => policy::load(&args.policy, &workload, &args.pod_ip)?,
+        None => policy::load(&args.policy, &workload, &args.pod_ip, &config_limits)?,
     };
     let stream = args
         .control_plane
@@ -172,6 +179,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             backoff: control::Backoff::default(),
         });
     let mut settings = app::Settings::new(workload, args.pod_ip);
+    settings.config_limits = config_limits;
     settings.drain_period = args.drain_period;
     settings.detect_timeout = args.detect_timeout;
     settings.from_control_plane = stream.is_some();
@@ -198,14 +206,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 let proxy = app.proxy();
                 let source = format!("control plane {}", stream.control_plane);
                 let apply: control::Apply = std::sync::Arc::new(move |config| {
-                    let version = config.version.clone();
+                    let source = format!("{source}, version {}", config.version);
                     let snapshot = policy::Snapshot::from_config(
-                        format!("{source}, version {version}"),
+                        source,
                         config,
+                        &proxy.settings.config_limits,
                     )
                     .map_err(|error| error.to_string())?;
                     proxy.snapshot.replace(snapshot);
-                    tracing::info!(%version, "configuration applied");
                     Ok(())
                 });
                 tokio::spawn(control::run(stream, app.proxy().control.clone(), apply))
@@ -241,7 +249,12 @@ async fn reload_on_hangup(proxy: std::sync::Arc<app::Proxy>, paths: Vec<PathBuf>
         return;
     };
     while hangup.recv().await.is_some() {
-        match policy::load(&paths, &proxy.settings.workload, &proxy.settings.pod_ips) {
+        match policy::load(
+            &paths,
+            &proxy.settings.workload,
+            &proxy.settings.pod_ips,
+            &proxy.settings.config_limits,
+        ) {
             Ok(snapshot) => {
                 tracing::info!(services = snapshot.outbound.len(), "policy reloaded");
                 proxy.snapshot.replace(snapshot);

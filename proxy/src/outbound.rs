@@ -89,7 +89,12 @@ spec:
         let workload = skiff_api::config::WorkloadRef::default();
         let files = [("p.yaml".to_string(), POLICY.to_string())];
         let config = crate::policy::config_from_files(&files, &workload, &[]).unwrap();
-        let snapshot = Snapshot::from_config("test".into(), config).unwrap();
+        let snapshot = Snapshot::from_config(
+            "test".into(),
+            config,
+            &crate::policy::ConfigLimits::default(),
+        )
+        .unwrap();
         let table = [
             ("10.96.0.1:80", Some(Decision::Declared(Protocol::Http2))),
             ("10.96.0.1:5432", Some(Decision::ServerFirst)),

@@ -82,9 +82,25 @@ pub struct Snapshot {
     pub config: ProxyConfig,
 }
 
+/// Bounds on what a proxy accepts from its configuration source: a sidecar's memory is
+/// shared with the app, so a configuration that would need more is refused (NACKed).
+#[derive(Clone, Copy, Debug)]
+pub struct ConfigLimits {
+    /// HTTP routes across all services (every match of every HTTPRoute rule counts once).
+    pub max_routes: usize,
+}
+
+impl Default for ConfigLimits {
+    fn default() -> Self {
+        ConfigLimits { max_routes: 10_000 }
+    }
+}
+
 /// Why a configuration cannot be applied; the snapshot in force stays.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
+    #[error("the configuration has {routes} HTTP routes; this proxy accepts at most {max} (--max-routes)")]
+    TooManyRoutes { routes: usize, max: usize },
     #[error(transparent)]
     Route(#[from] CompileError),
     #[error("service {service}: {vip}:{port} is also the address of service {other}")]
@@ -103,7 +119,23 @@ impl Snapshot {
     }
 
     /// Compiles a configuration into a snapshot (routes compiled, backends resolved).
-    pub fn from_config(source: String, config: ProxyConfig) -> Result<Snapshot, SnapshotError> {
+    pub fn from_config(
+        source: String,
+        config: ProxyConfig,
+        limits: &ConfigLimits,
+    ) -> Result<Snapshot, SnapshotError> {
+        let routes: usize = config
+            .services
+            .iter()
+            .flat_map(|s| &s.ports)
+            .map(|p| p.routes.len())
+            .sum();
+        if routes > limits.max_routes {
+            return Err(SnapshotError::TooManyRoutes {
+                routes,
+                max: limits.max_routes,
+            });
+        }
         // A VIP balances over endpoints of its own address family only, as kube-proxy does:
         // a dual-stack service gets one target per family, and its routes resolve backends
         // in that family too.
@@ -264,6 +296,7 @@ pub fn load(
     paths: &[PathBuf],
     workload: &WorkloadRef,
     pod_ips: &[IpAddr],
+    limits: &ConfigLimits,
 ) -> Result<Snapshot, LoadError> {
     let mut files = Vec::new();
     for path in paths {
@@ -300,7 +333,7 @@ pub fn load(
             .collect::<Vec<_>>()
             .join(", ")
     );
-    Ok(Snapshot::from_config(source, config)?)
+    Ok(Snapshot::from_config(source, config, limits)?)
 }
 
 /// Standalone mode: validates `(file name, text)` pairs and computes the configuration the
@@ -384,7 +417,8 @@ mod tests {
             }],
             ..ProxyConfig::default()
         };
-        let snapshot = Snapshot::from_config("test".into(), config).unwrap();
+        let snapshot =
+            Snapshot::from_config("test".into(), config, &ConfigLimits::default()).unwrap();
         let web = snapshot
             .service_at("10.96.0.1:80".parse().unwrap())
             .unwrap();
@@ -406,7 +440,8 @@ mod tests {
             )],
             ..ProxyConfig::default()
         };
-        let error = Snapshot::from_config("test".into(), dangling).unwrap_err();
+        let error =
+            Snapshot::from_config("test".into(), dangling, &ConfigLimits::default()).unwrap_err();
         assert!(
             error
                 .to_string()
@@ -421,7 +456,8 @@ mod tests {
             ],
             ..ProxyConfig::default()
         };
-        let error = Snapshot::from_config("test".into(), shared).unwrap_err();
+        let error =
+            Snapshot::from_config("test".into(), shared, &ConfigLimits::default()).unwrap_err();
         assert!(
             error
                 .to_string()

@@ -11,6 +11,12 @@
 //! - [`process`]: a spawned process ([`Proc`]) with its log file, signals and memory (VmRSS).
 //! - [`policy`]: renders a Kubernetes `Service` + `EndpointSlice` into the mesh's policy dir
 //!   (dual-stack: both VIPs in `clusterIPs`, one EndpointSlice per address family).
+//! - [`route`]: renders Gateway API `HTTPRoute`s attached to a Service (matches, weighted
+//!   backends, header modifier, timeout); [`Mesh::write_policy`] writes files atomically.
+//! - [`control`]: a [`ControlPlane`] (`skiff-control` on the bridge address, watching the
+//!   policy dir) that can be killed and started again, its metrics, and the `skiff` CLI
+//!   (`proxy-status`, `proxy-config`); sidecars stream from it with
+//!   [`SidecarBuilder::control_plane`].
 //! - [`counters`]: proof that traffic went through both sidecars (client outbound, server
 //!   inbound counters grew).
 //! - [`metrics`]: parses the Prometheus text a sidecar serves on 15020.
@@ -32,6 +38,7 @@
 //! Every test that uses the harness needs root (namespaces, iptables): [`require_root`] panics
 //! with a clear message otherwise, so such a test can never pass by skipping.
 
+pub mod control;
 pub mod counters;
 pub mod mesh;
 pub mod metrics;
@@ -39,16 +46,19 @@ pub mod pod;
 pub mod policy;
 pub mod process;
 pub mod python;
+pub mod route;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub use control::{ControlPlane, ProxyStatusRow};
 pub use counters::PathCounters;
 pub use mesh::Mesh;
 pub use metrics::Metrics;
 pub use pod::{Output, Pod, Sidecar, SidecarBuilder};
 pub use policy::{Families, Service, ServiceBuilder};
 pub use process::Proc;
+pub use route::{line_of, HttpRoute, RouteMatch, RouteRule};
 
 /// The directory cargo builds into: `$CARGO_TARGET_DIR`, else the workspace's `target/`.
 pub fn target_dir() -> PathBuf {
@@ -74,32 +84,49 @@ pub fn workspace_dir() -> PathBuf {
 /// The `skiff-proxy` binary under test: `$SKIFF_PROXY_BIN`, else the one built beside this test
 /// binary (same profile and target dir), else `<target dir>/debug/skiff-proxy`.
 pub fn proxy_bin() -> PathBuf {
-    if let Some(bin) = std::env::var_os("SKIFF_PROXY_BIN") {
+    workspace_bin("skiff-proxy", "SKIFF_PROXY_BIN", "skiff-proxy")
+}
+
+/// The control plane under test (`skiff-control`), found like [`proxy_bin`]
+/// (`$SKIFF_CONTROL_BIN` overrides).
+pub fn control_bin() -> PathBuf {
+    workspace_bin("skiff-control", "SKIFF_CONTROL_BIN", "skiff-control")
+}
+
+/// The `skiff` CLI under test, found like [`proxy_bin`] (`$SKIFF_CLI_BIN` overrides).
+pub fn cli_bin() -> PathBuf {
+    workspace_bin("skiff", "SKIFF_CLI_BIN", "skiff-control")
+}
+
+/// A binary of the workspace: `$env_var`, else the one built beside this test binary, else
+/// `<target dir>/debug/NAME`. Panics with the build command (`cargo build -p PACKAGE`).
+fn workspace_bin(name: &str, env_var: &str, package: &str) -> PathBuf {
+    if let Some(bin) = std::env::var_os(env_var) {
         let bin = PathBuf::from(bin);
-        assert!(
-            bin.is_file(),
-            "SKIFF_PROXY_BIN={} does not exist",
-            bin.display()
-        );
+        assert!(bin.is_file(), "{env_var}={} does not exist", bin.display());
         return bin;
     }
     let mut candidates = Vec::new();
-    // The test binary lives in <target>/<profile>/deps/; the proxy in <target>/<profile>/.
+    // The test binary lives in <target>/<profile>/deps/; the binaries in <target>/<profile>/.
     if let Ok(exe) = std::env::current_exe() {
         if let Some(profile_dir) = exe.parent().and_then(Path::parent) {
-            candidates.push(profile_dir.join("skiff-proxy"));
+            candidates.push(profile_dir.join(name));
         }
     }
-    candidates.push(target_dir().join("debug").join("skiff-proxy"));
+    candidates.push(target_dir().join("debug").join(name));
     for candidate in &candidates {
         if candidate.is_file() {
             return candidate.clone();
         }
     }
     panic!(
-        "skiff-proxy binary not found (looked at {}). Build it first: `cargo build -p skiff-proxy` \
-         (or set SKIFF_PROXY_BIN)",
-        candidates.iter().map(|c| c.display().to_string()).collect::<Vec<_>>().join(", ")
+        "{name} binary not found (looked at {}). Build it first: `cargo build -p {package}` \
+         (or set {env_var})",
+        candidates
+            .iter()
+            .map(|c| c.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
 }
 

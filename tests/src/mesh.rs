@@ -19,9 +19,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, SystemTime};
 
+use crate::control::ControlPlane;
 use crate::pod::Pod;
 use crate::policy::ServiceBuilder;
-use crate::process::{self, ProcInner};
+use crate::process::{self, Output, Proc, ProcInner};
 
 /// Prefix of every namespace and marker the harness creates.
 pub const PREFIX: &str = "skt";
@@ -224,6 +225,32 @@ impl Mesh {
         ServiceBuilder::new(self.inner.clone(), name)
     }
 
+    /// Starts `skiff-control` in the mesh's network namespace, on the bridge address (pods
+    /// reach it at `bridge-ip:15010`; the CLI and tests at `bridge-ip:15014`), watching the
+    /// mesh's policy dir, and waits until it answers. Sidecars use it through
+    /// [`crate::SidecarBuilder::control_plane`].
+    pub fn control_plane(&self) -> ControlPlane {
+        ControlPlane::start(self.inner.clone())
+    }
+
+    /// Writes (or replaces) `policy/FILE` atomically: a temp file renamed over it, so the
+    /// control plane, which polls the directory, never reads half a file. Returns its path.
+    pub fn write_policy(&self, file: &str, yaml: &str) -> PathBuf {
+        self.inner.write_policy(file, yaml)
+    }
+
+    /// Deletes `policy/FILE` (a single unlink, atomic for a reader of the directory).
+    pub fn remove_policy(&self, file: &str) {
+        let path = self.policy_dir().join(file);
+        fs::remove_file(&path).unwrap_or_else(|e| panic!("cannot remove {}: {e}", path.display()));
+    }
+
+    /// Runs `sh -c script` in the mesh's network namespace (the one holding the bridge and the
+    /// control plane), bounded by a 60 s `timeout`.
+    pub fn exec_in_network(&self, script: &str) -> Output {
+        self.inner.exec_in_network(&["sh", "-c", script])
+    }
+
     /// A fresh VIP from the mesh's service range (owned by no interface).
     pub fn vip(&self) -> Ipv4Addr {
         self.inner.vip4(self.inner.next_vip_index())
@@ -260,8 +287,7 @@ impl Mesh {
 
     /// The bridge's address: every pod's default gateway.
     pub fn bridge_ip(&self) -> Ipv4Addr {
-        let [a, b, c] = self.inner.pod_net;
-        Ipv4Addr::new(a, b, c, 1)
+        self.inner.bridge_ip()
     }
 
     /// The bridge's IPv6 address (every pod's default IPv6 gateway), `None` when IPv4 only.
@@ -299,6 +325,12 @@ impl MeshInner {
         state.vips
     }
 
+    /// The bridge's address (`.1` of the pod subnet).
+    pub(crate) fn bridge_ip(&self) -> Ipv4Addr {
+        let [a, b, c] = self.pod_net;
+        Ipv4Addr::new(a, b, c, 1)
+    }
+
     /// The IPv4 VIP with this index: `10.96.c.(10 + index)`.
     pub(crate) fn vip4(&self, index: u8) -> Ipv4Addr {
         let [a, b, c] = self.vip_net;
@@ -313,6 +345,72 @@ impl MeshInner {
 
     pub(crate) fn register(&self, proc: Arc<ProcInner>) {
         self.state.lock().unwrap().procs.push(proc);
+    }
+
+    /// Starts `cmd` with its output in `logs/NAME.log` (`NAME-2.log`… when taken); it is killed
+    /// with its process group when the mesh drops.
+    pub(crate) fn start(&self, name: &str, cmd: std::process::Command) -> Proc {
+        let proc = Proc::start(name.to_string(), cmd, self.log_path(name));
+        self.register(proc.inner.clone());
+        proc
+    }
+
+    /// A fresh log file name for `name` (`pod/what` → `pod-what`; other characters outside
+    /// `[A-Za-z0-9_-]` become `_`).
+    fn log_path(&self, name: &str) -> PathBuf {
+        let logs = self.dir.join("logs");
+        let base: String = name
+            .chars()
+            .map(|c| match c {
+                '/' => '-',
+                c if c.is_ascii_alphanumeric() || c == '-' || c == '_' => c,
+                _ => '_',
+            })
+            .collect();
+        let mut path = logs.join(format!("{base}.log"));
+        let mut n = 1;
+        while path.exists() {
+            n += 1;
+            path = logs.join(format!("{base}-{n}.log"));
+        }
+        path
+    }
+
+    /// See [`Mesh::write_policy`].
+    pub(crate) fn write_policy(&self, file: &str, yaml: &str) -> PathBuf {
+        assert!(
+            !file.contains('/') && !file.starts_with('.'),
+            "policy file name {file:?}: a plain name inside the policy dir"
+        );
+        let dir = self.dir.join("policy");
+        let path = dir.join(file);
+        // Not .yaml, so a poll in between never reads it.
+        let temp = dir.join(format!(".{file}.tmp"));
+        fs::write(&temp, yaml).unwrap_or_else(|e| panic!("cannot write {}: {e}", temp.display()));
+        fs::rename(&temp, &path).unwrap_or_else(|e| {
+            panic!(
+                "cannot rename {} to {}: {e}",
+                temp.display(),
+                path.display()
+            )
+        });
+        path
+    }
+
+    /// Runs `argv` in the network namespace, bounded by a 60 s `timeout`.
+    pub(crate) fn exec_in_network(&self, argv: &[&str]) -> Output {
+        let mut full = vec![
+            "ip",
+            "netns",
+            "exec",
+            &self.net_ns,
+            "timeout",
+            "-k",
+            "5",
+            "60",
+        ];
+        full.extend_from_slice(argv);
+        process::run(&full)
     }
 
     pub(crate) fn logs(&self, lines: usize) -> String {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::control::ControlPlane;
 use crate::mesh::MeshInner;
 use crate::metrics::Metrics;
 use crate::process::{self, Proc};
@@ -130,31 +131,7 @@ impl Pod {
     }
 
     fn start(&self, what: &str, cmd: std::process::Command) -> Proc {
-        let log = self.log_path(what);
-        let proc = Proc::start(format!("{}/{what}", self.name), cmd, log);
-        self.mesh.register(proc.inner.clone());
-        proc
-    }
-
-    fn log_path(&self, what: &str) -> PathBuf {
-        let logs = self.mesh.dir.join("logs");
-        let base: String = format!("{}-{what}", self.name)
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let mut path = logs.join(format!("{base}.log"));
-        let mut n = 1;
-        while path.exists() {
-            n += 1;
-            path = logs.join(format!("{base}-{n}.log"));
-        }
-        path
+        self.mesh.start(&format!("{}/{what}", self.name), cmd)
     }
 
     /// Waits until something in the pod listens on TCP `port` (any address).
@@ -181,11 +158,13 @@ impl Pod {
         self.exec_ok("ip6tables-save -t nat")
     }
 
-    /// Starts configuring a sidecar for this pod (policy from the mesh's policy dir).
+    /// Starts configuring a sidecar for this pod (policy from the mesh's policy dir, unless
+    /// [`SidecarBuilder::control_plane`] is given).
     pub fn sidecar(&self) -> SidecarBuilder {
         SidecarBuilder {
             pod: self.clone(),
             policy_dir: self.mesh.dir.join("policy"),
+            control_plane: None,
             init_args: Vec::new(),
             run_args: Vec::new(),
         }
@@ -210,6 +189,9 @@ impl Pod {
 pub struct SidecarBuilder {
     pod: Pod,
     policy_dir: PathBuf,
+    /// `host:port` of a control plane: the proxy streams its configuration from there instead
+    /// of reading `policy_dir`.
+    control_plane: Option<String>,
     init_args: Vec<String>,
     run_args: Vec<String>,
 }
@@ -218,6 +200,13 @@ impl SidecarBuilder {
     /// The directory of policy YAML (default: the mesh's).
     pub fn policy_dir(mut self, dir: &Path) -> Self {
         self.policy_dir = dir.to_path_buf();
+        self
+    }
+
+    /// Streams configuration from `control` (`--control-plane`) instead of reading files; the
+    /// sidecar is ready once it has applied its first configuration.
+    pub fn control_plane(mut self, control: &ControlPlane) -> Self {
+        self.control_plane = Some(control.address());
         self
     }
 
@@ -251,6 +240,10 @@ impl SidecarBuilder {
 
         let ip = pod.pod_ips();
         let policy = self.policy_dir.to_str().unwrap().to_string();
+        let source = match &self.control_plane {
+            Some(address) => ["--control-plane", address.as_str()],
+            None => ["--policy", policy.as_str()],
+        };
         let mut argv = vec![
             "setpriv",
             "--reuid=1337",
@@ -259,8 +252,8 @@ impl SidecarBuilder {
             "--",
             bin,
             "run",
-            "--policy",
-            &policy,
+            source[0],
+            source[1],
             "--namespace",
             NAMESPACE,
             "--workload",
@@ -311,6 +304,11 @@ impl Sidecar {
     /// The pod it runs in.
     pub fn pod(&self) -> &Pod {
         &self.pod
+    }
+
+    /// `namespace/name` of the workload it serves, as `skiff proxy-status` shows it.
+    pub fn workload(&self) -> String {
+        format!("{NAMESPACE}/{}", self.pod.name)
     }
 
     /// What `skiff-proxy init` printed.
@@ -417,6 +415,30 @@ impl Sidecar {
             .exec_ok("curl -sS --fail --max-time 10 http://127.0.0.1:15000/config_dump");
         serde_json::from_str(&body)
             .unwrap_or_else(|e| panic!("/config_dump is not JSON ({e}): {body}"))
+    }
+
+    /// The version of the configuration in force (`config.version` of `/config_dump`): empty
+    /// before a control plane's first configuration, `local` in standalone mode.
+    pub fn config_version(&self) -> String {
+        let dump = self.config_dump();
+        dump["config"]["version"]
+            .as_str()
+            .unwrap_or_else(|| panic!("/config_dump has no config.version: {dump}"))
+            .to_string()
+    }
+
+    /// Waits (bounded) until the configuration in force is no longer `old`; returns the new
+    /// version.
+    pub fn wait_config_change(&self, old: &str) -> String {
+        eventually(
+            Duration::from_secs(60),
+            &format!(
+                "sidecar of pod {} to apply a configuration other than {old:?}",
+                self.pod.name
+            ),
+            || Some(self.config_version()).filter(|version| version != old),
+            || self.pod.mesh_logs(),
+        )
     }
 
     /// Sends SIGTERM to the proxy.

@@ -1,7 +1,8 @@
 //! Renders the policy every sidecar of a mesh reads: for each service, a standard Kubernetes
 //! `v1 Service` (its VIP and ports) and a `discovery.k8s.io/v1 EndpointSlice` (the pods behind
-//! it), exactly as a user would paste them from a cluster. Write services before installing
-//! sidecars: the harness does not assume the proxy reloads files.
+//! it), exactly as a user would paste them from a cluster. Files are written atomically (temp +
+//! rename), so a running control plane never reads half of one. Standalone sidecars read the
+//! files once: write services before installing them.
 //!
 //! In a dual-stack mesh a service is dual-stack too, as Kubernetes renders one: `clusterIPs`
 //! lists an IPv4 and an IPv6 VIP, `ipFamilies: [IPv4, IPv6]`, and the pods' IPv6 addresses are
@@ -278,13 +279,9 @@ impl ServiceBuilder {
                 })
         });
         let yaml = self.render(vip, vip6);
-        let path = self
-            .mesh
-            .dir
-            .join("policy")
-            .join(format!("{}.yaml", self.name));
-        std::fs::write(&path, yaml)
-            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        // Atomically: a running control plane polls the directory.
+        self.mesh
+            .write_policy(&format!("{}.yaml", self.name), &yaml);
         Service {
             name: self.name,
             vip,

@@ -17,7 +17,7 @@ use crate::gateway::{
     HttpBackendRef, HttpRoute, HttpRouteMatch, HttpRouteRule, HttpRouteTimeouts, PathMatchType,
     ValueMatchType, GATEWAY_GROUP,
 };
-use crate::policy::{self, ObjectKey, RouteParent, RouteRule, Timestamp};
+use crate::policy::{self, ObjectKey, RouteParent, RouteRule, Timestamp, Transport};
 use crate::problem::Problem;
 
 /// Gateway API limits.
@@ -536,17 +536,23 @@ impl Checker<'_> {
                 );
             }
             Lookup::Invalid => return None,
-            Lookup::Valid(service) => {
-                if let Some(number) = port.filter(|p| service.value.port(*p).is_none()) {
-                    self.error(
-                        format!("{path}.port"),
-                        format!(
-                            "Service {key} has no port {number} (its ports: {})",
-                            ports_of(&service.value)
-                        ),
-                    );
-                }
-            }
+            Lookup::Valid(service) => match port.map(|p| (p, service.value.port(p))) {
+                Some((number, None)) => self.error(
+                    format!("{path}.port"),
+                    format!(
+                        "Service {key} has no port {number} (its ports: {})",
+                        ports_of(&service.value)
+                    ),
+                ),
+                Some((number, Some(found))) if found.transport != Transport::Tcp => self.error(
+                    format!("{path}.port"),
+                    format!(
+                        "port {number} of Service {key} is {}; HTTP routes can only send to TCP ports",
+                        if found.transport == Transport::Udp { "UDP" } else { "SCTP" }
+                    ),
+                ),
+                _ => {}
+            },
         }
         if !backend.filters.is_empty() {
             self.filters(path, &backend.filters, false);
