@@ -1,17 +1,19 @@
 # The two commands of the README. Both need root (network namespaces, iptables).
 .PHONY: demo test
 
-# The local mesh demo: two pods in network namespaces, each with a sidecar, and traffic
-# between them through both sidecars.
+# The local mesh demo (`skiff demo`): a client and two versions of a service in network
+# namespaces, each with a sidecar, the control plane watching examples/demo/, and a live view
+# of the traffic split. Edit examples/demo/route.yaml while it runs; Ctrl-C to stop.
 demo:
 	scripts/install-test-deps.sh
-	cargo build -p skiff-proxy
-	cargo run -q -p skiff-tests --bin skiff-demo
+	cargo build -p skiff-proxy -p skiff-control
+	"$${CARGO_TARGET_DIR:-target}/debug/skiff" demo
 
 # The whole test suite: formatting, lints, unit tests and the end-to-end tests in namespaces.
 test:
 	scripts/install-test-deps.sh
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	cargo build -p skiff-proxy
+	cargo build -p skiff-proxy -p skiff-control
 	cargo nextest run --workspace --no-fail-fast
+

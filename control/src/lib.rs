@@ -10,12 +10,15 @@
 //! - [`admin`] (:15014) and [`metrics`]: what operators see; [`shutdown`]: how it stops.
 //! - [`inspect`]: the client side of the status endpoints, for `skiff proxy-status` and
 //!   `skiff proxy-config`.
+//! - [`demo`]: `skiff demo`, the whole mesh on one machine (pods as network namespaces, through
+//!   `skiff-lab`), with a live view of a canary split.
 //!
 //! Stateless: everything here is rebuilt from the policy source, and a restarted control plane
 //! resynchronises its proxies simply by their reconnecting.
 
 pub mod admin;
 pub mod api;
+pub mod demo;
 pub mod inspect;
 mod listener;
 pub mod metrics;

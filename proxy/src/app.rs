@@ -89,7 +89,9 @@ impl Default for Addresses {
 /// Everything a connection handler needs, shared by all of them.
 pub struct Proxy {
     pub settings: Settings,
-    pub snapshot: SnapshotHandle,
+    /// Shared with every HTTP connection, which routes each request with the snapshot current
+    /// at that moment.
+    pub snapshot: Arc<SnapshotHandle>,
     pub upstreams: Arc<Upstreams>,
     pub metrics: Arc<Metrics>,
     pub drain: DrainSignal,
@@ -124,7 +126,7 @@ impl App {
         let control = Arc::new(ControlStatus::new(settings.from_control_plane));
         let proxy = Arc::new(Proxy {
             settings,
-            snapshot: SnapshotHandle::new(snapshot),
+            snapshot: Arc::new(SnapshotHandle::new(snapshot)),
             upstreams,
             metrics: Arc::default(),
             drain: drain.signal(),

@@ -71,7 +71,7 @@ pub async fn serve(
 /// The endpoint an opaque connection goes to: one pick per connection.
 fn tcp_endpoint(upstream: &Upstream) -> Result<SocketAddr, Failure> {
     match upstream {
-        Upstream::Service(target) => target.pick_endpoint().ok_or_else(|| {
+        Upstream::Service { target, .. } => target.pick_endpoint().ok_or_else(|| {
             tracing::debug!(service = %target.name, "no ready endpoint for tcp connection");
             Failure::NoHealthyEndpoint
         }),

@@ -51,8 +51,12 @@ pub async fn handle(proxy: Arc<Proxy>, stream: TcpStream) {
         Plan::Mesh { target, decision } => {
             let metrics = proxy.metrics.service(Direction::Outbound, &target.name);
             drop(snapshot);
-            crate::connection::serve(&proxy, stream, decision, Upstream::Service(target), metrics)
-                .await;
+            let upstream = Upstream::Service {
+                vip: original_dst,
+                target,
+                snapshot: proxy.snapshot.clone(),
+            };
+            crate::connection::serve(&proxy, stream, decision, upstream, metrics).await;
         }
         Plan::Passthrough => {
             let metrics = proxy.metrics.service(Direction::Outbound, PASSTHROUGH);

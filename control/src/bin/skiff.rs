@@ -1,12 +1,13 @@
-//! `skiff`: the user's command-line tool. `analyze -f DIR` checks policy files offline with the
-//! control plane's own validation (`skiff_api::load`); `proxy-status` and `proxy-config` ask a
-//! running control plane.
+//! `skiff`: the user's command-line tool. `demo` runs the whole mesh on this machine
+//! (`skiff_control::demo`); `analyze -f DIR` checks policy files offline with the control
+//! plane's own validation (`skiff_api::load`); `proxy-status` and `proxy-config` ask a running
+//! control plane. `demo-server` and `demo-client` are the demo's apps, hidden.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use skiff_control::inspect;
+use skiff_control::{demo, inspect};
 
 #[derive(Parser)]
 #[command(
@@ -21,6 +22,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The mesh on this machine (needs root): a client and two versions of a service in network
+    /// namespaces, each with a sidecar, the control plane on the demo's policy, and a live view
+    /// of the traffic. Edit the HTTPRoute's weights while it runs to shift traffic.
+    Demo(demo::DemoArgs),
     /// Check policy files offline; exits non-zero and lists every problem when any is invalid.
     Analyze {
         /// A policy file or a directory of .yaml/.yml files.
@@ -32,13 +37,33 @@ enum Command {
     ProxyStatus(skiff_control::inspect::ProxyStatusArgs),
     /// The configuration the control plane last sent to a workload's proxy.
     ProxyConfig(skiff_control::inspect::ProxyConfigArgs),
+    /// The demo's server: answers every request with its name.
+    #[command(hide = true)]
+    DemoServer(demo::apps::ServerArgs),
+    /// The demo's client: requests at a steady rate, a JSON report per second on stdout.
+    #[command(hide = true)]
+    DemoClient(demo::apps::ClientArgs),
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
+        Command::Demo(args) => demo::run(&args),
+        Command::DemoServer(args) => app_exit(demo::apps::serve(&args)),
+        Command::DemoClient(args) => app_exit(demo::apps::run_client(&args)),
         Command::Analyze { paths } => analyze(&paths),
         Command::ProxyStatus(args) => inspect::print(inspect::proxy_status(&args)),
         Command::ProxyConfig(args) => inspect::print(inspect::proxy_config(&args)),
+    }
+}
+
+/// How a demo app ended (they run until killed, so only an error gets here).
+fn app_exit(result: std::io::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
     }
 }
 

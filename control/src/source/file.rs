@@ -126,21 +126,26 @@ impl FileSource {
         }
     }
 
-    /// `(file name, text)` of every policy file, sorted by name.
     fn read(&self) -> Result<Vec<(String, String)>, ReloadError> {
-        let files = policy_files(&self.dir).map_err(|source| ReloadError::ReadDir {
-            path: self.dir.clone(),
-            source,
-        })?;
-        files
-            .into_iter()
-            .map(|path| match read_capped(&path) {
-                Ok(text) => Ok((path.display().to_string(), text)),
-                Err(ReadCapped::TooLarge(size)) => Err(ReloadError::TooLarge { path, size }),
-                Err(ReadCapped::Io(source)) => Err(ReloadError::ReadFile { path, source }),
-            })
-            .collect()
+        read_dir(&self.dir)
     }
+}
+
+/// `(file name, text)` of every policy file in `dir`, sorted by name, as the control plane reads
+/// them (what `skiff_api::load` takes).
+pub fn read_dir(dir: &Path) -> Result<Vec<(String, String)>, ReloadError> {
+    let files = policy_files(dir).map_err(|source| ReloadError::ReadDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    files
+        .into_iter()
+        .map(|path| match read_capped(&path) {
+            Ok(text) => Ok((path.display().to_string(), text)),
+            Err(ReadCapped::TooLarge(size)) => Err(ReloadError::TooLarge { path, size }),
+            Err(ReadCapped::Io(source)) => Err(ReloadError::ReadFile { path, source }),
+        })
+        .collect()
 }
 
 /// The `.yaml`/`.yml` files directly in `dir`, sorted. Symlinks are followed (ConfigMaps).

@@ -18,13 +18,21 @@ use crate::drain::DrainSignal;
 use crate::error::Failure;
 use crate::idle::Activity;
 use crate::metrics::ServiceMetrics;
-use crate::policy::ServiceTarget;
+use crate::policy::{ServiceTarget, SnapshotHandle};
 use crate::route::modify_headers;
 
 /// Where a connection's requests go.
 pub enum Upstream {
-    /// Outbound to a mesh service: an endpoint is picked for every request.
-    Service(Arc<ServiceTarget>),
+    /// Outbound to the mesh service at `vip`: every request is routed (route, backend,
+    /// endpoint) with the service as the current snapshot has it, so a route or endpoint change
+    /// applies to connections already open, as it does in Envoy; `target`, the service as the
+    /// connection found it, serves if the service has since left the snapshot.
+    Service {
+        /// The VIP and port the app dialled: the service's key in every snapshot.
+        vip: SocketAddr,
+        target: Arc<ServiceTarget>,
+        snapshot: Arc<SnapshotHandle>,
+    },
     /// Inbound to the local app, on the pod address and the port the client dialled.
     Local(SocketAddr),
 }
@@ -68,23 +76,33 @@ impl Forwarder {
         &self,
         mut request: Request<Incoming>,
     ) -> Result<Response<ResponseBody>, Failure> {
-        let (endpoints, route) = match &self.upstream {
+        let target = match &self.upstream {
             Upstream::Local(addr) => return self.send(*addr, request).await,
-            Upstream::Service(target) if target.routes.is_empty() => (&target.endpoints, None),
-            Upstream::Service(target) => {
-                let (parts, body) = request.into_parts();
-                let route = target
-                    .routes
-                    .iter()
-                    .find(|r| r.accepts(&parts))
-                    .ok_or(Failure::NoRoute)?;
-                request = Request::from_parts(parts, body);
-                let Some(backend) = route.pick_backend() else {
-                    tracing::debug!(route = %route.id, "every backend of the route has weight zero");
-                    return Err(Failure::NoBackend);
-                };
-                (backend, Some(route))
-            }
+            Upstream::Service {
+                vip,
+                target,
+                snapshot,
+            } => snapshot
+                .current()
+                .service_at(*vip)
+                .cloned()
+                .unwrap_or_else(|| target.clone()),
+        };
+        let (endpoints, route) = if target.routes.is_empty() {
+            (&target.endpoints, None)
+        } else {
+            let (parts, body) = request.into_parts();
+            let route = target
+                .routes
+                .iter()
+                .find(|r| r.accepts(&parts))
+                .ok_or(Failure::NoRoute)?;
+            request = Request::from_parts(parts, body);
+            let Some(backend) = route.pick_backend() else {
+                tracing::debug!(route = %route.id, "every backend of the route has weight zero");
+                return Err(Failure::NoBackend);
+            };
+            (backend, Some(route))
         };
         let addr = endpoints.pick().ok_or(Failure::NoHealthyEndpoint)?;
         let Some(route) = route else {

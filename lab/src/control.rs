@@ -1,7 +1,7 @@
 //! A mesh's control plane: `skiff-control` in the mesh's network namespace (the one holding the
 //! bridge), listening on the bridge address, so every pod reaches it at `bridge-ip:15010` without
 //! capture getting in the way (sidecars run as UID 1337, which is never captured). It watches the
-//! mesh's policy dir. It can be killed (SIGKILL) and started again on the same addresses; its
+//! mesh's policy dir (its own, or the one the mesh was built with). It can be killed (SIGKILL) and started again on the same addresses; its
 //! metrics and the `skiff` CLI (`proxy-status`, `proxy-config`) are read from inside the network
 //! namespace, through its admin port 15014.
 
@@ -253,8 +253,8 @@ impl ControlPlane {
 }
 
 fn spawn(mesh: &MeshInner, ip: Ipv4Addr) -> Proc {
-    let bin = crate::control_bin();
-    let policy = mesh.dir.join("policy");
+    let bin = mesh.control_bin();
+    let policy = &mesh.policy_dir;
     let mut cmd = process::command("ip");
     cmd.args(["netns", "exec", &mesh.net_ns])
         .arg(bin)

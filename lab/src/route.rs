@@ -4,7 +4,7 @@
 //! write them. [`crate::Mesh::write_policy`] puts one in the policy dir, atomically.
 //!
 //! ```no_run
-//! # use skiff_tests::{Mesh, HttpRoute, RouteMatch, RouteRule};
+//! # use skiff_lab::{Mesh, HttpRoute, RouteMatch, RouteRule};
 //! # let mesh = Mesh::new("doc");
 //! # let (echo, v1, v2) = (mesh.service("echo").port(80, 8080).apply(),
 //! #     mesh.service("echo-v1").port(80, 8080).apply(), mesh.service("echo-v2").port(80, 8080).apply());

@@ -14,7 +14,8 @@ use crate::{eventually, python, sh_quote};
 
 pub use crate::process::Output;
 
-/// The Kubernetes namespace every test workload and service lives in.
+/// The Kubernetes namespace test workloads and services live in (a sidecar may be given
+/// another: [`SidecarBuilder::namespace`]).
 pub const NAMESPACE: &str = "default";
 
 /// How long one `exec` may run before `timeout` kills it (every client call is bounded too).
@@ -163,8 +164,10 @@ impl Pod {
     pub fn sidecar(&self) -> SidecarBuilder {
         SidecarBuilder {
             pod: self.clone(),
-            policy_dir: self.mesh.dir.join("policy"),
+            policy_dir: self.mesh.policy_dir.clone(),
             control_plane: None,
+            namespace: NAMESPACE.to_string(),
+            log_filter: None,
             init_args: Vec::new(),
             run_args: Vec::new(),
         }
@@ -192,6 +195,10 @@ pub struct SidecarBuilder {
     /// `host:port` of a control plane: the proxy streams its configuration from there instead
     /// of reading `policy_dir`.
     control_plane: Option<String>,
+    /// The Kubernetes namespace of its workload (`--namespace`); the workload is the pod's name.
+    namespace: String,
+    /// `SKIFF_LOG`; `None`: `$SKIFF_TEST_LOG`, else `info,skiff_proxy=debug`.
+    log_filter: Option<String>,
     init_args: Vec<String>,
     run_args: Vec<String>,
 }
@@ -207,6 +214,19 @@ impl SidecarBuilder {
     /// sidecar is ready once it has applied its first configuration.
     pub fn control_plane(mut self, control: &ControlPlane) -> Self {
         self.control_plane = Some(control.address());
+        self
+    }
+
+    /// The Kubernetes namespace of the pod's workload (default [`NAMESPACE`]).
+    pub fn namespace(mut self, namespace: &str) -> Self {
+        self.namespace = namespace.to_string();
+        self
+    }
+
+    /// The proxy's log filter (`SKIFF_LOG`), e.g. `info` for a long run whose per-request
+    /// debug lines nobody reads.
+    pub fn log_filter(mut self, filter: &str) -> Self {
+        self.log_filter = Some(filter.to_string());
         self
     }
 
@@ -226,7 +246,7 @@ impl SidecarBuilder {
     /// the proxy exits).
     pub fn install(self) -> Sidecar {
         let pod = self.pod;
-        let bin = crate::proxy_bin();
+        let bin = pod.mesh.proxy_bin();
         let bin = bin.to_str().unwrap();
         let mut init = vec!["ip", "netns", "exec", &pod.ns, bin, "init"];
         init.extend(self.init_args.iter().map(String::as_str));
@@ -255,7 +275,7 @@ impl SidecarBuilder {
             source[0],
             source[1],
             "--namespace",
-            NAMESPACE,
+            &self.namespace,
             "--workload",
             &pod.name,
             "--pod-ip",
@@ -265,8 +285,9 @@ impl SidecarBuilder {
         let mut cmd = process::command("ip");
         cmd.args(["netns", "exec", &pod.ns]).args(&argv);
         // The proxy reads SKIFF_LOG; RUST_LOG is set too for anything that reads the default.
-        let log_filter =
-            std::env::var("SKIFF_TEST_LOG").unwrap_or_else(|_| "info,skiff_proxy=debug".into());
+        let log_filter = self.log_filter.clone().unwrap_or_else(|| {
+            std::env::var("SKIFF_TEST_LOG").unwrap_or_else(|_| "info,skiff_proxy=debug".into())
+        });
         cmd.env("SKIFF_LOG", &log_filter)
             .env("RUST_LOG", &log_filter)
             .env("RUST_BACKTRACE", "1")
@@ -274,6 +295,7 @@ impl SidecarBuilder {
         let proc = pod.start("sidecar", cmd);
         let sidecar = Sidecar {
             pod,
+            namespace: self.namespace,
             proc,
             init_output: out,
         };
@@ -285,6 +307,8 @@ impl SidecarBuilder {
 /// A running `skiff-proxy run` in a pod.
 pub struct Sidecar {
     pod: Pod,
+    /// The Kubernetes namespace of its workload.
+    namespace: String,
     proc: Proc,
     /// What `skiff-proxy init` printed.
     init_output: Output,
@@ -308,7 +332,7 @@ impl Sidecar {
 
     /// `namespace/name` of the workload it serves, as `skiff proxy-status` shows it.
     pub fn workload(&self) -> String {
-        format!("{NAMESPACE}/{}", self.pod.name)
+        format!("{}/{}", self.namespace, self.pod.name)
     }
 
     /// What `skiff-proxy init` printed.
@@ -425,6 +449,17 @@ impl Sidecar {
             .as_str()
             .unwrap_or_else(|| panic!("/config_dump has no config.version: {dump}"))
             .to_string()
+    }
+
+    /// Like [`Sidecar::config_version`], `None` instead of a panic when the proxy does not
+    /// answer (for a live display that must keep going).
+    pub fn try_config_version(&self) -> Option<String> {
+        let out = self.pod.exec_timeout(
+            "curl -sS --fail --max-time 2 http://127.0.0.1:15000/config_dump",
+            Duration::from_secs(5),
+        );
+        let dump: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+        dump["config"]["version"].as_str().map(str::to_string)
     }
 
     /// Waits (bounded) until the configuration in force is no longer `old`; returns the new

@@ -1,7 +1,7 @@
 //! The Python side of the tests: a venv with grpcio, websockets and h2 (made by
 //! `tests/setup-venv.sh`), and the clients and servers under `tests/python/`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::sh_quote;
 
@@ -25,9 +25,10 @@ pub fn interpreter() -> PathBuf {
     python
 }
 
-/// Path of a program under `tests/python/`.
+/// Path of a program under `tests/python/` (the end-to-end tests' programs; the lab runs them).
 pub fn script(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+    let path = crate::workspace_dir()
+        .join("tests")
         .join("python")
         .join(name);
     assert!(path.is_file(), "no such test program: {}", path.display());

@@ -1,6 +1,12 @@
-//! A [`Mesh`] is one test's private network: a "network" namespace holding a Linux bridge, pods
-//! attached to it by veth pairs, a /24 for pod IPs and a /24 for service VIPs that no interface
-//! owns (so a VIP is reachable only through capture), and a temp dir for logs and policy.
+//! A [`Mesh`] is one test's (or one demo's) private network: a "network" namespace holding a
+//! Linux bridge, pods attached to it by veth pairs, a /24 for pod IPs and a /24 for service VIPs
+//! that no interface owns (so a VIP is reachable only through capture), a temp dir for logs, and
+//! a policy dir (the temp dir's `policy/` unless [`MeshBuilder::policy_dir`] names one).
+//!
+//! Addresses never collide with anything outside the mesh: every mesh has its own namespaces, so
+//! two meshes may even use the same subnet ([`MeshBuilder::pod_subnet`]; `skiff demo` uses the
+//! fixed addresses of its policy files). Tests let the subnet derive from the mesh id, so their
+//! logs never mix up two meshes.
 //!
 //! A dual-stack mesh ([`Mesh::new_dual_stack`]) adds IPv6 inside its own namespaces only: a ULA
 //! /64 for pods (`fd00:5c1f:K::/64`, the bridge is `::1`, a default route via it) and a ULA /64
@@ -45,6 +51,79 @@ pub struct Mesh {
     pub(crate) inner: Arc<MeshInner>,
 }
 
+/// How a [`Mesh`] is made, for callers that choose more than [`Mesh::new`] does.
+///
+/// ```no_run
+/// # use std::net::Ipv4Addr;
+/// # use std::path::Path;
+/// let mesh = skiff_lab::Mesh::builder("demo")
+///     .pod_subnet(Ipv4Addr::new(10, 0, 0, 0))
+///     .policy_dir(Path::new("examples/demo"))
+///     .build();
+/// let client = mesh.pod_at("client", Ipv4Addr::new(10, 0, 0, 2));
+/// ```
+#[derive(Clone, Debug)]
+pub struct MeshBuilder {
+    /// The caller's name for the mesh, for messages.
+    label: String,
+    /// IPv6 too ([`Mesh::new_dual_stack`]).
+    dual_stack: bool,
+    /// First three octets of the pod /24; `None`: derived from the mesh id.
+    pod_subnet: Option<[u8; 3]>,
+    /// The directory the control plane and file-mode sidecars read; `None`: the temp dir's
+    /// `policy/`.
+    policy_dir: Option<PathBuf>,
+    /// `skiff-proxy` to run; `None`: [`crate::proxy_bin`].
+    proxy_bin: Option<PathBuf>,
+    /// `skiff-control` to run; `None`: [`crate::control_bin`].
+    control_bin: Option<PathBuf>,
+}
+
+impl MeshBuilder {
+    /// IPv6 as well as IPv4 (see [`Mesh::new_dual_stack`]).
+    pub fn dual_stack(mut self) -> Self {
+        self.dual_stack = true;
+        self
+    }
+
+    /// Pods get addresses in `network`/24 (`network` ends in `.0`); the bridge is `.1`.
+    pub fn pod_subnet(mut self, network: Ipv4Addr) -> Self {
+        let [a, b, c, d] = network.octets();
+        assert!(
+            d == 0,
+            "pod subnet {network}: give the /24's network address (x.y.z.0)"
+        );
+        self.pod_subnet = Some([a, b, c]);
+        self
+    }
+
+    /// The control plane (and file-mode sidecars) read this directory instead of the mesh's
+    /// own: the caller's files, edited while the mesh runs. [`Mesh::write_policy`] writes there
+    /// too; the mesh never deletes it.
+    pub fn policy_dir(mut self, dir: &Path) -> Self {
+        self.policy_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Runs this `skiff-proxy` in every sidecar.
+    pub fn proxy_bin(mut self, bin: &Path) -> Self {
+        self.proxy_bin = Some(bin.to_path_buf());
+        self
+    }
+
+    /// Runs this `skiff-control` as the control plane.
+    pub fn control_bin(mut self, bin: &Path) -> Self {
+        self.control_bin = Some(bin.to_path_buf());
+        self
+    }
+
+    /// Creates the network namespace and its bridge. Panics (loudly, never skips) when not root
+    /// or when namespaces cannot be created.
+    pub fn build(self) -> Mesh {
+        Mesh::create(self)
+    }
+}
+
 pub(crate) struct MeshInner {
     /// Unique short id, the prefix of every namespace name.
     pub(crate) id: String,
@@ -59,8 +138,13 @@ pub(crate) struct MeshInner {
     /// Dual-stack meshes: the third hextet `K` of the pod /64 (`fd00:5c1f:K::/64`) and of the
     /// VIP /64 (`fd00:5c1f:K:96::/64`). `None`: IPv4 only.
     pub(crate) net6: Option<u16>,
-    /// Temp dir for logs (`logs/`) and policy (`policy/`).
+    /// Temp dir for logs (`logs/`) and, unless the caller named one, policy (`policy/`).
     pub(crate) dir: PathBuf,
+    /// Where the control plane and file-mode sidecars read policy.
+    pub(crate) policy_dir: PathBuf,
+    /// `skiff-proxy` and `skiff-control` chosen by the caller (else found when first needed).
+    proxy_bin: Option<PathBuf>,
+    control_bin: Option<PathBuf>,
     /// Our claim on `id`.
     marker: PathBuf,
     pub(crate) state: Mutex<State>,
@@ -74,6 +158,8 @@ pub(crate) struct State {
     pub(crate) procs: Vec<Arc<ProcInner>>,
     /// Pods created so far (the next pod's index).
     pub(crate) pods: u8,
+    /// Pod IPs handed out, so a chosen one never collides.
+    pub(crate) pod_ips: Vec<Ipv4Addr>,
     /// VIPs handed out so far.
     pub(crate) vips: u8,
 }
@@ -82,7 +168,7 @@ impl Mesh {
     /// Creates the network namespace and its bridge (IPv4 only). Panics (loudly, never skips)
     /// when not root or when namespaces cannot be created.
     pub fn new(label: &str) -> Mesh {
-        Mesh::create(label, false)
+        Mesh::builder(label).build()
     }
 
     /// Like [`Mesh::new`], plus IPv6: the bridge and every pod also get an address from the
@@ -90,31 +176,63 @@ impl Mesh {
     /// (`clusterIPs` lists both, with a second EndpointSlice of `addressType: IPv6`), and
     /// sidecars are started with `--pod-ip V4,V6`.
     pub fn new_dual_stack(label: &str) -> Mesh {
-        Mesh::create(label, true)
+        Mesh::builder(label).dual_stack().build()
     }
 
-    fn create(label: &str, dual_stack: bool) -> Mesh {
+    /// A mesh with more choices than [`Mesh::new`]: its pod subnet, its policy dir, the
+    /// binaries it runs.
+    pub fn builder(label: &str) -> MeshBuilder {
+        MeshBuilder {
+            label: label.to_string(),
+            dual_stack: false,
+            pod_subnet: None,
+            policy_dir: None,
+            proxy_bin: None,
+            control_bin: None,
+        }
+    }
+
+    fn create(options: MeshBuilder) -> Mesh {
         crate::require_root();
+        if let Some(dir) = &options.policy_dir {
+            assert!(
+                dir.is_dir(),
+                "policy dir {} is not a directory",
+                dir.display()
+            );
+        }
         SWEEP.call_once(sweep_stale);
         let pid = std::process::id();
         let (id, marker) = claim_id(pid);
         let n: u32 = id.rsplit('x').next().unwrap().parse().unwrap();
         let k = (pid % 10000) * 97 + n * 7919;
-        let pod_net = [10, 100 + ((k / 256) % 90) as u8, (k % 256) as u8];
+        let pod_net =
+            options
+                .pod_subnet
+                .unwrap_or([10, 100 + ((k / 256) % 90) as u8, (k % 256) as u8]);
         let vip_net = [10, 96, (k % 256) as u8];
-        let net6 = dual_stack.then_some((k % 0xffff) as u16 + 1);
+        let net6 = options.dual_stack.then_some((k % 0xffff) as u16 + 1);
         let dir = std::env::temp_dir().join("skiff-tests").join(&id);
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("logs")).expect("create mesh log dir");
-        fs::create_dir_all(dir.join("policy")).expect("create mesh policy dir");
+        let policy_dir = match options.policy_dir {
+            Some(policy_dir) => policy_dir,
+            None => {
+                fs::create_dir_all(dir.join("policy")).expect("create mesh policy dir");
+                dir.join("policy")
+            }
+        };
         let inner = MeshInner {
             net_ns: format!("{id}-net"),
             id,
-            label: label.to_string(),
+            label: options.label,
             pod_net,
             vip_net,
             net6,
             dir,
+            policy_dir,
+            proxy_bin: options.proxy_bin,
+            control_bin: options.control_bin,
             marker,
             state: Mutex::new(State::default()),
         };
@@ -163,19 +281,43 @@ impl Mesh {
         }
     }
 
-    /// Adds a pod: a namespace with `eth0` (veth to the bridge), the next pod IP, loopback up and
-    /// a default route via the bridge, so traffic to a VIP leaves the pod unless captured.
+    /// Adds a pod: a namespace with `eth0` (veth to the bridge), the next pod IP (`.10` + its
+    /// index), loopback up and a default route via the bridge, so traffic to a VIP leaves the
+    /// pod unless captured.
     pub fn pod(&self, name: &str) -> Pod {
-        let index = {
-            let mut state = self.inner.state.lock().unwrap();
-            state.pods += 1;
-            state.pods
-        };
-        assert!(index < 200, "too many pods in one mesh");
-        let ns = format!("{}-p{index}", self.inner.id);
+        let index = self.inner.next_pod_index();
         let [a, b, c] = self.inner.pod_net;
-        let ip = Ipv4Addr::new(a, b, c, 10 + index);
-        let ip6 = self.inner.net6.map(|k| ula(k, 0, u16::from(10 + index)));
+        self.add_pod(name, index, Ipv4Addr::new(a, b, c, 10 + index))
+    }
+
+    /// Like [`Mesh::pod`], at a chosen address of the pod subnet (not the bridge's `.1`, not one
+    /// another pod has). In a dual-stack mesh its IPv6 address ends in the same number.
+    pub fn pod_at(&self, name: &str, ip: Ipv4Addr) -> Pod {
+        let [a, b, c, d] = ip.octets();
+        assert!(
+            [a, b, c] == self.inner.pod_net && (2..255).contains(&d),
+            "pod {name}: {ip} is not a pod address of the mesh's subnet {}/24 (bridge {})",
+            Ipv4Addr::new(a, b, c, 0),
+            self.bridge_ip()
+        );
+        let index = self.inner.next_pod_index();
+        self.add_pod(name, index, ip)
+    }
+
+    fn add_pod(&self, name: &str, index: u8, ip: Ipv4Addr) -> Pod {
+        {
+            let mut state = self.inner.state.lock().unwrap();
+            assert!(
+                !state.pod_ips.contains(&ip),
+                "pod {name}: another pod of the mesh already has {ip}"
+            );
+            state.pod_ips.push(ip);
+        }
+        let ns = format!("{}-p{index}", self.inner.id);
+        let ip6 = self
+            .inner
+            .net6
+            .map(|k| ula(k, 0, u16::from(ip.octets()[3])));
         // Register before creating, so a half-built pod is still cleaned up.
         self.inner
             .state
@@ -270,12 +412,13 @@ impl Mesh {
         self.inner.net6.is_some()
     }
 
-    /// The directory holding the policy YAML every sidecar of this mesh reads.
+    /// The directory holding the policy YAML the control plane (and every file-mode sidecar)
+    /// of this mesh reads.
     pub fn policy_dir(&self) -> PathBuf {
-        self.inner.dir.join("policy")
+        self.inner.policy_dir.clone()
     }
 
-    /// The mesh's temp dir (logs and policy).
+    /// The mesh's temp dir (`logs/`, and `policy/` unless the caller named a policy dir).
     pub fn dir(&self) -> &Path {
         &self.inner.dir
     }
@@ -317,6 +460,24 @@ impl Mesh {
 }
 
 impl MeshInner {
+    /// Hands out the next pod index (names its namespace and veth).
+    fn next_pod_index(&self) -> u8 {
+        let mut state = self.state.lock().unwrap();
+        state.pods += 1;
+        assert!(state.pods < 200, "too many pods in one mesh");
+        state.pods
+    }
+
+    /// The `skiff-proxy` its sidecars run.
+    pub(crate) fn proxy_bin(&self) -> PathBuf {
+        self.proxy_bin.clone().unwrap_or_else(crate::proxy_bin)
+    }
+
+    /// The `skiff-control` its control plane runs.
+    pub(crate) fn control_bin(&self) -> PathBuf {
+        self.control_bin.clone().unwrap_or_else(crate::control_bin)
+    }
+
     /// Hands out the next VIP index; a dual-stack service uses it for both families.
     pub(crate) fn next_vip_index(&self) -> u8 {
         let mut state = self.state.lock().unwrap();
@@ -382,7 +543,7 @@ impl MeshInner {
             !file.contains('/') && !file.starts_with('.'),
             "policy file name {file:?}: a plain name inside the policy dir"
         );
-        let dir = self.dir.join("policy");
+        let dir = &self.policy_dir;
         let path = dir.join(file);
         // Not .yaml, so a poll in between never reads it.
         let temp = dir.join(format!(".{file}.tmp"));
