@@ -17,3 +17,11 @@ test:
 	cargo build -p skiff-proxy -p skiff-control
 	cargo nextest run --workspace --no-fail-fast
 
+# The benchmark (not part of `make test`; needs root): direct vs one and two Skiff hops vs nginx
+# and haproxy, side by side. Installs what it needs, builds release binaries, writes
+# bench/results/. `make bench ARGS=--quick` for a short development run; see bench/README.md.
+.PHONY: bench
+bench:
+	bench/install-deps.sh
+	cargo build --release -p skiff-proxy -p skiff-bench
+	"$$(bench/setup-venv.sh)/bin/python" bench/run.py $(ARGS)
