@@ -1,6 +1,7 @@
-//! Connection activity: an I/O wrapper stamps and counts every successful read and write, so a
-//! watcher can end a connection when nothing moved for the idle period and no request is in
-//! flight, and the byte metrics come from one place for TCP and HTTP alike.
+//! Connection activity: an I/O wrapper counts every byte read and written, so a watcher can
+//! end a connection when nothing moved for the idle period and no request is in flight, and the
+//! byte metrics come from one place for TCP and HTTP alike. Nothing reads the clock per I/O:
+//! the watcher compares counters once per period.
 
 use std::io;
 use std::pin::Pin;
@@ -10,15 +11,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Instant;
 
-/// When a connection last moved bytes, and how many requests it is serving.
+/// How much a connection has moved, and how many requests it is serving.
+#[derive(Default)]
 pub struct Activity {
-    epoch: Instant,
-    /// Milliseconds since `epoch` of the last successful read or write.
-    last_ms: AtomicU64,
     /// Requests in flight; an HTTP connection waiting on a slow upstream is not idle.
     requests: AtomicUsize,
+    /// Requests finished; a request that ends counts as activity.
+    finished: AtomicU64,
     /// Bytes read from the wrapped stream, for the connection's byte metrics.
     received: AtomicU64,
     /// Bytes written to the wrapped stream.
@@ -27,18 +27,7 @@ pub struct Activity {
 
 impl Activity {
     pub fn new() -> Arc<Activity> {
-        Arc::new(Activity {
-            epoch: Instant::now(),
-            last_ms: AtomicU64::new(0),
-            requests: AtomicUsize::new(0),
-            received: AtomicU64::new(0),
-            sent: AtomicU64::new(0),
-        })
-    }
-
-    fn touch(&self) {
-        let ms = self.epoch.elapsed().as_millis() as u64;
-        self.last_ms.store(ms, Ordering::Relaxed);
+        Arc::default()
     }
 
     /// Bytes (sent, received) through the wrapped stream so far.
@@ -57,16 +46,24 @@ impl Activity {
         }
     }
 
-    /// Resolves once the connection has been idle for `period`.
+    /// Everything that counts as activity, summed: it changes whenever anything happens.
+    fn progress(&self) -> u64 {
+        let (sent, received) = self.bytes();
+        sent.wrapping_add(received)
+            .wrapping_add(self.finished.load(Ordering::Relaxed))
+    }
+
+    /// Resolves once a whole `period` passed with no byte moved, no request finished and none
+    /// in flight. Detection lags by up to one more period; idle timeouts are coarse by nature.
     pub async fn idle_for(&self, period: Duration) {
+        let mut seen = self.progress();
         loop {
-            let last = self.epoch + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let deadline = last + period;
-            if Instant::now() >= deadline && self.requests.load(Ordering::Relaxed) == 0 {
+            tokio::time::sleep(period).await;
+            let now = self.progress();
+            if now == seen && self.requests.load(Ordering::Relaxed) == 0 {
                 return;
             }
-            tokio::time::sleep_until(deadline.max(Instant::now() + Duration::from_millis(100)))
-                .await;
+            seen = now;
         }
     }
 }
@@ -77,7 +74,7 @@ pub struct RequestGuard {
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        self.activity.touch();
+        self.activity.finished.fetch_add(1, Ordering::Relaxed);
         self.activity.requests.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -106,7 +103,6 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
             self.activity
                 .received
                 .fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
-            self.activity.touch();
         }
         poll
     }
@@ -121,7 +117,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
         let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = poll {
             self.activity.sent.fetch_add(n as u64, Ordering::Relaxed);
-            self.activity.touch();
         }
         poll
     }
@@ -134,7 +129,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
         let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = poll {
             self.activity.sent.fetch_add(n as u64, Ordering::Relaxed);
-            self.activity.touch();
         }
         poll
     }
@@ -183,10 +177,12 @@ mod tests {
             "a request in flight keeps the connection alive"
         );
         drop(request);
-        tokio::time::sleep(Duration::from_secs(11)).await;
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert!(!idle.is_finished(), "a request that just ended is activity");
+        tokio::time::sleep(Duration::from_secs(16)).await;
         assert!(
             idle.is_finished(),
-            "quiet for the whole period with nothing in flight"
+            "quiet for a whole period with nothing in flight (detected within two)"
         );
     }
 }

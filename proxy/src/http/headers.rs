@@ -17,6 +17,14 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 /// handshake keeps `Connection: upgrade` and `Upgrade`, which the next hop must see.
 /// `TE: trailers` survives (gRPC requires it); `Expect` is answered by this proxy itself.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Most messages carry none of these: one pass over the names instead of a dozen hashed
+    // removals (this function was a tenth of the proxy's instructions per request).
+    if !headers
+        .iter()
+        .any(|(name, value)| needs_stripping(name, value))
+    {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -53,6 +61,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     if let Some(value) = upgrade_value {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, value);
+    }
+}
+
+/// Whether a header line is one [`strip_hop_by_hop`] removes or rewrites.
+fn needs_stripping(name: &HeaderName, value: &HeaderValue) -> bool {
+    match *name {
+        header::TE => value.as_bytes() != b"trailers",
+        header::CONNECTION | header::EXPECT => true,
+        _ => {
+            HOP_BY_HOP.contains(name)
+                || name.as_str() == "keep-alive"
+                || name.as_str() == "proxy-connection"
+        }
     }
 }
 
@@ -97,6 +118,29 @@ mod tests {
         names.sort();
         assert_eq!(names, ["te", "x-kept"]);
         assert_eq!(map["te"], "trailers");
+    }
+
+    #[test]
+    fn messages_without_hop_by_hop_headers_are_left_alone() {
+        let mut map = headers(&[
+            ("te", "trailers"),
+            ("content-type", "application/grpc"),
+            ("x-a", "1"),
+        ]);
+        let before = map.clone();
+        strip_hop_by_hop(&mut map, false);
+        assert_eq!(map, before);
+        for (name, value) in [
+            ("keep-alive", "1"),
+            ("proxy-connection", "x"),
+            ("te", "gzip"),
+            ("upgrade", "h2c"),
+        ] {
+            let mut map = headers(&[(name, value), ("x-a", "1")]);
+            strip_hop_by_hop(&mut map, false);
+            assert!(!map.contains_key(name), "{name} survived");
+            assert_eq!(map["x-a"], "1");
+        }
     }
 
     #[test]

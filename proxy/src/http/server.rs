@@ -61,12 +61,15 @@ pub async fn serve<I>(
 {
     let activity = forwarder.activity.clone();
     let io = TokioIo::new(io);
-    let service = service_fn(move |request| {
-        let forwarder = forwarder.clone();
-        async move { Ok::<_, Infallible>(forwarder.forward(request).await) }
-    });
     match protocol {
         Protocol::Http2 => {
+            // Boxed: hyper spawns the service future as a task per HTTP/2 stream, moving it
+            // into the task; the forwarding future is a few KiB, a box is one pointer. (HTTP/1
+            // polls the future in place, where the box would only add an allocation.)
+            let service = service_fn(move |request| {
+                let forwarder = forwarder.clone();
+                async move { Ok::<_, Infallible>(Box::pin(forwarder.forward(request)).await) }
+            });
             let connection = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(limits.max_concurrent_streams)
@@ -83,6 +86,10 @@ pub async fn serve<I>(
             // It must not also be shut down gracefully: hyper would close it before reading
             // the request the client has already sent.
             let late = drain.is_draining();
+            let service = service_fn(move |request| {
+                let forwarder = forwarder.clone();
+                async move { Ok::<_, Infallible>(forwarder.forward(request).await) }
+            });
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout)
