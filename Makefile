@@ -25,3 +25,11 @@ bench:
 	bench/install-deps.sh
 	cargo build --release -p skiff-proxy -p skiff-bench
 	"$$(bench/setup-venv.sh)/bin/python" bench/run.py $(ARGS)
+
+# The control plane's fan-out (not part of `make test`; no root needed): 1,000 and 10,000
+# simulated proxies on one skiff-control, time from a policy edit until every proxy has ACKed it,
+# and memory per connected proxy. Writes bench/results/fanout.md; see bench/README.md.
+.PHONY: bench-fanout
+bench-fanout:
+	cargo build --release -p skiff-control -p skiff-bench
+	python3 bench/fanout.py $(ARGS)

@@ -7,11 +7,14 @@
 //!   client that measures GB/s through a target.
 //! - [`idle`]: opens many keep-alive connections and holds them idle, for a proxy's memory per
 //!   connection.
+//! - [`fanout`]: N simulated proxies on one control plane: time from a policy edit until every
+//!   proxy has ACKed it, and the control plane's memory per connected proxy.
 //!
-//! The orchestration (pods, proxies, load generators, tables, plots) is `bench/run.py`; see
-//! `bench/README.md`.
+//! The orchestration (pods, proxies, load generators, tables, plots) is `bench/run.py`, and
+//! `bench/fanout.py` for the control plane; see `bench/README.md`.
 
 mod bulk;
+mod fanout;
 mod idle;
 mod upstream;
 
@@ -66,11 +69,15 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         connections: usize,
     },
+    /// Connect N simulated proxies to a control plane, edit its policy, and measure how long
+    /// until every proxy has ACKed each edit; prints one JSON object.
+    Fanout(fanout::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Upstream { http, tcp } => run_upstream(http, tcp),
+        Command::Fanout(args) => fanout::run(args),
         Command::Tcp {
             addr,
             direction,

@@ -159,7 +159,7 @@ async fn session(
                 let view = snapshot.view(&hello.workload, &hello.pod_ips);
                 if sent.as_deref().map(View::version) != Some(view.version()) {
                     tokio::select! {
-                        delivered = out.send_data(view.frame.clone()) => {
+                        delivered = send_view(&mut out, &view) => {
                             if delivered.is_err() {
                                 break Err(SessionError::Gone);
                             }
@@ -200,6 +200,19 @@ async fn session(
     }
     .instrument(span)
     .await;
+}
+
+/// Sends the frame of `view`; its parts are shared with other sessions, never copied.
+async fn send_view(
+    out: &mut http_body_util::channel::Sender<Bytes>,
+    view: &View,
+) -> Result<(), SessionError> {
+    for chunk in view.chunks() {
+        out.send_data(chunk.clone())
+            .await
+            .map_err(|_| SessionError::Gone)?;
+    }
+    Ok(())
 }
 
 /// Messages read from a proxy's request body.
@@ -271,7 +284,7 @@ pub fn status_response<B>(
         },
     };
     Some(match proxies.sent_view(&workload, pod_ip) {
-        Some(view) => json(&view.config),
+        Some(view) => json(&view.config()),
         None => text(
             StatusCode::NOT_FOUND,
             format!("no connected proxy of {workload} has been sent a configuration\n"),

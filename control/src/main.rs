@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -23,6 +24,18 @@ struct Cli {
     /// Admin port: /metrics, /healthz/ready, and the status endpoints the CLI reads.
     #[arg(long, env = "SKIFF_ADMIN", default_value = "0.0.0.0:15014")]
     admin: SocketAddr,
+    /// How often the policy directory is checked for changes (one stat per file): an edit is
+    /// seen after half of it on average.
+    #[arg(long, env = "SKIFF_POLL_INTERVAL", default_value = "50ms", value_parser = poll_interval)]
+    poll_interval: Duration,
+}
+
+fn poll_interval(text: &str) -> Result<Duration, String> {
+    match skiff_api::duration::parse_duration(text) {
+        Ok(interval) if interval >= Duration::from_millis(10) => Ok(interval),
+        Ok(_) => Err("must be at least 10ms".to_string()),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -62,7 +75,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         tracing::info!(api = %cli.listen, admin = %cli.admin, policy = %cli.policy.display(), "listening");
         let control = Arc::new(ControlPlane::new());
         let shutdown = Shutdown::new();
-        let source = FileSource::new(cli.policy, control.clone());
+        let mut source = FileSource::new(cli.policy, control.clone());
+        source.poll_interval = cli.poll_interval;
         let source = tokio::spawn(source.run(shutdown.signal()));
         let api = tokio::spawn(api::serve(api_listener, control.clone(), shutdown.signal()));
         let admin = tokio::spawn(admin::serve(admin_listener, control, shutdown.signal()));
@@ -95,5 +109,13 @@ mod tests {
     fn the_cli_is_well_formed() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_poll_interval_is_a_duration_of_at_least_10ms() {
+        use std::time::Duration;
+        assert_eq!(super::poll_interval("50ms"), Ok(Duration::from_millis(50)));
+        assert!(super::poll_interval("1ms").is_err());
+        assert!(super::poll_interval("50").is_err());
     }
 }

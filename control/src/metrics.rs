@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Every metric of one control plane process. Created in `main` and shared by the source, the
 /// API and the admin server.
@@ -10,6 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 pub struct Metrics {
     /// Version of the snapshot in force; 0 before a first valid policy.
     snapshot_version: AtomicU64,
+    /// When it was published, in microseconds since the Unix epoch: how long an edit took to
+    /// be noticed, and (against the proxies' ACKs) how long its fan-out took.
+    snapshot_published_micros: AtomicU64,
     /// Whether the policy files as they are now are valid (the last reload succeeded).
     config_valid: AtomicBool,
     /// Reloads refused because the files were unreadable or invalid.
@@ -23,7 +27,13 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn snapshot_published(&self, version: u64) {
+    /// Snapshot `version` is in force since `at`.
+    pub fn snapshot_published(&self, version: u64, at: SystemTime) {
+        let micros = at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_micros() as u64);
+        self.snapshot_published_micros
+            .store(micros, Ordering::Relaxed);
         self.snapshot_version.store(version, Ordering::Relaxed);
         self.config_valid.store(true, Ordering::Relaxed);
     }
@@ -64,7 +74,7 @@ impl Metrics {
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        let mut metric = |name: &str, kind: &str, help: &str, value: &dyn std::fmt::Display| {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} {kind}");
             let _ = writeln!(out, "{name} {value}");
@@ -74,43 +84,49 @@ impl Metrics {
             "skiff_control_snapshot_version",
             "gauge",
             "Version of the policy snapshot in force (0: no valid policy yet).",
-            load(&self.snapshot_version),
+            &load(&self.snapshot_version),
+        );
+        metric(
+            "skiff_control_snapshot_published_timestamp_seconds",
+            "gauge",
+            "When the snapshot in force was published (Unix time; 0: none yet).",
+            &format_args!("{:.6}", load(&self.snapshot_published_micros) as f64 / 1e6),
         );
         metric(
             "skiff_control_config_valid",
             "gauge",
             "Whether the last policy reload succeeded (1) or was refused (0).",
-            u64::from(self.config_valid.load(Ordering::Relaxed)),
+            &u64::from(self.config_valid.load(Ordering::Relaxed)),
         );
         metric(
             "skiff_control_config_errors_total",
             "counter",
             "Policy reloads refused because the files were unreadable or invalid.",
-            load(&self.config_errors),
+            &load(&self.config_errors),
         );
         metric(
             "skiff_control_connected_proxies",
             "gauge",
             "Proxies with an open configuration stream.",
-            load(&self.connected_proxies),
+            &load(&self.connected_proxies),
         );
         metric(
             "skiff_control_pushes_total",
             "counter",
             "Configurations sent to proxies.",
-            load(&self.pushes),
+            &load(&self.pushes),
         );
         metric(
             "skiff_control_acks_total",
             "counter",
             "Configurations proxies applied.",
-            load(&self.acks),
+            &load(&self.acks),
         );
         metric(
             "skiff_control_nacks_total",
             "counter",
             "Configurations proxies refused.",
-            load(&self.nacks),
+            &load(&self.nacks),
         );
         out
     }
@@ -123,7 +139,7 @@ mod tests {
     #[test]
     fn renders_every_metric_with_help_and_type() {
         let metrics = Metrics::default();
-        metrics.snapshot_published(3);
+        metrics.snapshot_published(3, SystemTime::now());
         metrics.config_refused();
         metrics.proxy_connected();
         metrics.pushed();
@@ -137,9 +153,17 @@ mod tests {
             "skiff_control_pushes_total 1",
             "skiff_control_acks_total 1",
             "skiff_control_nacks_total 0",
+            "# TYPE skiff_control_snapshot_published_timestamp_seconds gauge",
             "# TYPE skiff_control_acks_total counter",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }
+        let published: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("skiff_control_snapshot_published_timestamp_seconds "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(published > 1.7e9, "{published}");
     }
 }

@@ -359,6 +359,9 @@ async fn stream(
         .keep_alive_interval(KEEP_ALIVE_INTERVAL)
         .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
+        // Configurations are hundreds of kB: with HTTP/2's default 16 KiB frames the control
+        // plane pays a write per 16 KiB to every proxy (bench/RESULTS.md, control plane fan-out).
+        .max_frame_size(1 << 20)
         .handshake(TokioIo::new(tcp))
         .await
         .map_err(StreamError::Handshake)?;

@@ -213,7 +213,7 @@ fn header(demo: &Demo, layout: &Layout, bins: &Binaries, rate: u32) -> String {
         .unwrap_or_else(|| format!("the HTTPRoute in {}", layout.policy_dir.display()));
     out += &format!(
         "  Shift traffic: edit the weights in {route}\n                 (the control plane \
-         reads it within 200 ms; the next rows show the new split)\n"
+         reads it within 50 ms; the next rows show the new split)\n"
     );
     out += &format!(
         "  Look inside:   ip netns exec {}-net {} proxy-status --control-plane {}\n",

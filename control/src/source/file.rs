@@ -1,6 +1,6 @@
 //! The file source: watches a directory of policy YAML and publishes it on every change.
 //!
-//! It polls the directory every 200 ms, comparing each `.yaml`/`.yml` file's size, mtime and
+//! It polls the directory every 50 ms, comparing each `.yaml`/`.yml` file's size, mtime and
 //! inode with the last poll, rather than using inotify: no dependency, and it behaves the same
 //! for every way a file changes — editors that write in place or rename over, Kubernetes
 //! ConfigMap volumes that swap a `..data` symlink, network filesystems without events — at the
@@ -18,7 +18,7 @@ use crate::shutdown::ShutdownSignal;
 use crate::ControlPlane;
 
 /// How often the directory is checked for changes.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
+pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Why a reload published nothing; the last good snapshot stays in force.
 #[derive(Debug, thiserror::Error)]
@@ -101,8 +101,10 @@ impl FileSource {
                 for warning in &loaded.warnings {
                     tracing::warn!("{warning}");
                 }
+                // Stamped before the sessions can wake and take the core.
+                let published = SystemTime::now();
                 let version = self.control.store.publish(loaded.policy);
-                self.control.metrics.snapshot_published(version);
+                self.control.metrics.snapshot_published(version, published);
                 tracing::info!(version, dir = %self.dir.display(), "policy published");
                 Ok(version)
             }
