@@ -242,7 +242,8 @@ async fn wait_for_termination() {
 }
 
 /// Re-reads the policy files on SIGHUP. An invalid edit is logged and the snapshot in force
-/// keeps serving; connections already open keep the snapshot they started with.
+/// keeps serving; open HTTP connections route their next request with the new snapshot and
+/// opaque TCP connections keep their endpoint.
 async fn reload_on_hangup(proxy: std::sync::Arc<app::Proxy>, paths: Vec<PathBuf>) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hangup) = signal(SignalKind::hangup()) else {

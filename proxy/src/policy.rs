@@ -247,7 +247,8 @@ fn protocol(declared: AppProtocol) -> Protocol {
 }
 
 /// The snapshot in force, swapped whole when policy changes. Readers clone the `Arc` and
-/// never hold the lock across an `.await`; connections keep the snapshot they started with.
+/// never hold the lock across an `.await`. HTTP requests look the snapshot up per request;
+/// opaque TCP connections keep the one they started with.
 #[derive(Default)]
 pub struct SnapshotHandle {
     current: RwLock<Arc<Snapshot>>,
