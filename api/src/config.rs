@@ -20,6 +20,9 @@ pub struct ProxyConfig {
     /// Ports of this workload that some Service targets: names inbound traffic and carries its
     /// declared protocol.
     pub inbound: Vec<InboundPort>,
+    /// Who may call this workload, and whether plaintext is accepted (its InboundPolicies).
+    #[serde(default)]
+    pub inbound_security: InboundSecurity,
 }
 
 /// `namespace/name` of a workload.
@@ -99,6 +102,11 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// The workload behind the address, when known (its identity is checked with mTLS).
     pub workload: Option<WorkloadRef>,
+    /// The SPIFFE ID the workload's sidecar proves with its certificate: the caller's sidecar
+    /// speaks mTLS to this endpoint and refuses a peer with any other identity. `None`: not a
+    /// mesh workload, spoken to in plaintext.
+    #[serde(default)]
+    pub identity: Option<String>,
 }
 
 /// A port of this workload that a Service targets.
@@ -109,6 +117,70 @@ pub struct InboundPort {
     /// `namespace/name` of the Service.
     pub service: String,
     pub protocol: Option<AppProtocol>,
+}
+
+/// The InboundPolicies that apply to this workload, merged: the mTLS mode of every port and
+/// the authorization rules.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InboundSecurity {
+    /// Mode of every port not in `port_modes`. Default PERMISSIVE.
+    pub mode: MtlsMode,
+    /// Per-port exceptions to `mode`.
+    pub port_modes: Vec<PortMode>,
+    /// Authorization rules, from every policy that applies. A request (or TCP connection) is
+    /// denied if a DENY rule matches it; otherwise, if there is any ALLOW rule, it is allowed
+    /// only when one matches; with no ALLOW rule it is allowed.
+    pub rules: Vec<AuthorizationRule>,
+}
+
+pub use crate::skiff_kinds::MtlsMode;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortMode {
+    pub port: u16,
+    pub mode: MtlsMode,
+}
+
+/// One authorization rule. Every non-empty list is a condition (any of its values matches);
+/// all conditions must hold. A rule with no condition matches everything.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthorizationRule {
+    /// `namespace/name` of the InboundPolicy and the rule's index: the reason a request is
+    /// denied, in the response header and the metric label.
+    pub policy: String,
+    pub rule: usize,
+    pub action: AuthorizationAction,
+    /// Source SPIFFE IDs, exact. A plaintext client has none and matches no such rule.
+    pub identities: Vec<String>,
+    /// Source namespaces (from the client's SPIFFE ID).
+    pub namespaces: Vec<String>,
+    /// Destination ports of this workload.
+    pub ports: Vec<u16>,
+    /// HTTP methods, upper case (compared case-insensitively). HTTP only.
+    pub methods: Vec<String>,
+    /// Normalised request paths. HTTP only.
+    pub paths: Vec<AuthorizationPath>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum AuthorizationAction {
+    Allow,
+    Deny,
+}
+
+/// A path condition, compared with the normalised path (percent-decoded where unreserved, dot
+/// segments resolved, repeated slashes merged).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "type", content = "value")]
+pub enum AuthorizationPath {
+    Exact(String),
+    /// Whole segments, as HTTPRoute `PathPrefix`: `/admin` matches `/admin` and `/admin/x`,
+    /// not `/administrator`.
+    Prefix(String),
 }
 
 /// One HTTPRoute rule, flattened: where it came from, when it applies, what it does.

@@ -14,6 +14,7 @@
 //!   shape of [`config`], the configuration the control plane streams to proxies.
 //! - [`duration`], [`timestamp`]: the Gateway API's duration strings and Kubernetes times.
 //! - [`stream`]: the proxy ⇄ control plane messages and their newline-delimited JSON framing.
+//! - [`identity`]: SPIFFE IDs and the certificate-signing exchange with the control plane.
 //!
 //! Serde types and pure functions only: no sockets, no files (callers pass file names and
 //! texts). Nothing Kubernetes-client-specific enters here.
@@ -22,6 +23,7 @@ pub mod config;
 pub mod document;
 pub mod duration;
 pub mod gateway;
+pub mod identity;
 pub mod index;
 pub mod k8s;
 pub mod policy;

@@ -154,7 +154,7 @@ pub struct Mtls {
 }
 
 /// Whether a workload accepts plaintext from clients outside the mesh.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum MtlsMode {
     /// Only mTLS from sidecars.

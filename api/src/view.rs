@@ -77,6 +77,7 @@ pub fn proxy_config(policy: &Policy, workload: &WorkloadRef, pod_ips: &[IpAddr])
         workload: workload.clone(),
         services,
         inbound: inbound.into_values().collect(),
+        inbound_security: Default::default(),
     }
 }
 
@@ -90,6 +91,7 @@ fn ready_endpoints(port: &ServicePort) -> Vec<Endpoint> {
                 namespace: w.namespace.clone(),
                 name: w.name.clone(),
             }),
+            identity: None,
         })
         .collect()
 }

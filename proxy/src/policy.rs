@@ -373,6 +373,7 @@ mod tests {
                 endpoints: vec![Endpoint {
                     addr: endpoint.parse().unwrap(),
                     workload: None,
+                    identity: None,
                 }],
                 routes,
             }],
