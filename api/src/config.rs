@@ -159,9 +159,11 @@ pub struct AuthorizationRule {
     pub namespaces: Vec<String>,
     /// Destination ports of this workload.
     pub ports: Vec<u16>,
-    /// HTTP methods, upper case (compared case-insensitively). HTTP only.
+    /// HTTP methods, upper case (compared case-insensitively). HTTP only: an ALLOW rule with
+    /// methods or paths never matches a TCP connection; a DENY rule with them matches one
+    /// when its other conditions hold (fail closed).
     pub methods: Vec<String>,
-    /// Normalised request paths. HTTP only.
+    /// Normalised request paths. HTTP only, like `methods`.
     pub paths: Vec<AuthorizationPath>,
 }
 
@@ -179,7 +181,8 @@ pub enum AuthorizationAction {
 pub enum AuthorizationPath {
     Exact(String),
     /// Whole segments, as HTTPRoute `PathPrefix`: `/admin` matches `/admin` and `/admin/x`,
-    /// not `/administrator`.
+    /// not `/administrator`. Validation drops a trailing `/` (except for the prefix `/`, which
+    /// matches every path).
     Prefix(String),
 }
 

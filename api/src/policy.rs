@@ -7,6 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::config::{AppProtocol, Backend, HeaderModifier, RouteMatch};
+pub use crate::config::{AuthorizationAction, AuthorizationPath, PortMode};
+use crate::identity::SpiffeId;
 pub use crate::skiff_kinds::MtlsMode;
 pub use crate::timestamp::Timestamp;
 
@@ -199,13 +201,39 @@ pub struct TrafficPolicy {
     pub connect_timeout: Duration,
 }
 
-/// An InboundPolicy, parsed and attached.
+/// An InboundPolicy, parsed and attached. The view merges every policy that applies to a
+/// workload ([`crate::view::inbound_security`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InboundPolicy {
-    /// Names the policy in messages.
+    /// Names the policy in messages, and in the reason a request is denied.
     pub key: ObjectKey,
-    /// The Workload it applies to (same namespace as the policy).
-    pub workload: ObjectKey,
-    /// Default PERMISSIVE.
-    pub mtls: MtlsMode,
+    /// The Workload it applies to (same namespace as the policy); `None`: every workload of
+    /// the policy's namespace.
+    pub workload: Option<ObjectKey>,
+    /// `spec.mtls.mode`; `None` when unset, so that a policy with a target inherits the
+    /// namespace-wide mode (and PERMISSIVE when none sets one).
+    pub mode: Option<MtlsMode>,
+    /// `spec.mtls.ports`, sorted by port, one entry per port.
+    pub port_modes: Vec<PortMode>,
+    /// `spec.rules`, in the order written.
+    pub rules: Vec<AuthorizationRule>,
+}
+
+/// One authorization rule, every value checked so that the rule can match something. Each
+/// non-empty list is a condition (any value matches); all conditions must hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthorizationRule {
+    /// Position in `spec.rules`: names the rule in the reason a request is denied.
+    pub index: usize,
+    pub action: AuthorizationAction,
+    /// Callers' SPIFFE IDs, parsed (so written in their one canonical form).
+    pub identities: Vec<SpiffeId>,
+    /// Callers' namespaces (DNS labels).
+    pub namespaces: Vec<String>,
+    /// Ports of the workload.
+    pub ports: Vec<u16>,
+    /// HTTP methods, upper-case letters.
+    pub methods: Vec<String>,
+    /// Normalised paths; a `Prefix` has no trailing `/` (unless it is `/`).
+    pub paths: Vec<AuthorizationPath>,
 }

@@ -4,8 +4,8 @@
 //! - [`Workload`]: a pod's identity in file mode (in a cluster the Pod itself plays this part).
 //! - [`TrafficPolicy`]: how callers treat a Service (connect timeout now; retry budget, outlier
 //!   detection, circuit breaking and more arrive with the resilience issue).
-//! - [`InboundPolicy`]: how a workload treats incoming connections (mTLS mode now;
-//!   authorization arrives with the mTLS issue).
+//! - [`InboundPolicy`]: how a workload (or every workload of a namespace) treats incoming
+//!   connections: the mTLS mode, per port if need be, and authorization rules.
 
 use serde::Deserialize;
 
@@ -99,7 +99,8 @@ fn service_kind() -> String {
     "Service".to_string()
 }
 
-/// `InboundPolicy`: how a workload treats incoming connections.
+/// `InboundPolicy`: how a workload, or every workload of the policy's namespace, treats incoming
+/// connections. docs/policy.md says how several of them merge and how rules are evaluated.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct InboundPolicy {
@@ -112,15 +113,23 @@ pub struct InboundPolicy {
     pub spec: InboundPolicySpec,
 }
 
-/// Grows with the mTLS issue (authorization rules, rate limits).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+/// What an [`InboundPolicy`] says: which workloads, whether they accept plaintext, and who may
+/// call them. Every field is optional; an empty spec applies to every workload of the
+/// namespace and changes nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct InboundPolicySpec {
-    /// The Workload (in the policy's namespace) this policy applies to.
-    pub target_ref: WorkloadTargetRef,
-    /// Default: `mode: PERMISSIVE`.
+    /// The Workload (in the policy's namespace) this policy applies to. Default: none, and the
+    /// policy applies to every workload of its namespace.
+    #[serde(default)]
+    pub target_ref: Option<WorkloadTargetRef>,
+    /// Whether plaintext is accepted. Default: the mode of the namespace-wide policies for a
+    /// policy with a `targetRef`, else `PERMISSIVE`.
     #[serde(default)]
     pub mtls: Mtls,
+    /// Who may call the workload. Default: none; then every caller the mTLS mode admits may.
+    #[serde(default)]
+    pub rules: Vec<AuthorizationRuleSpec>,
 }
 
 /// The Workload an [`InboundPolicy`] applies to.
@@ -133,7 +142,7 @@ pub struct WorkloadTargetRef {
     /// Must be `Workload`. Default `Workload`.
     #[serde(default = "workload_kind")]
     pub kind: String,
-    /// The Workload, in the policy's namespace.
+    /// The Workload, in the policy's namespace. Required.
     pub name: String,
 }
 
@@ -145,12 +154,98 @@ fn workload_kind() -> String {
     "Workload".to_string()
 }
 
+/// `spec.mtls`: whether a workload's ports accept plaintext.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Mtls {
-    /// Default `PERMISSIVE`.
+    /// The mode of every port not in `ports`. Default: unset, which means the namespace-wide
+    /// policies' mode for a policy with a `targetRef`, else `PERMISSIVE`. Unset also means it
+    /// cannot conflict with another policy of the same target.
     #[serde(default)]
+    pub mode: Option<MtlsMode>,
+    /// Exceptions to `mode`, one per port. Default: none.
+    #[serde(default)]
+    pub ports: Vec<PortMtls>,
+}
+
+/// `spec.mtls.ports[]`: the mode of one port of the workload.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortMtls {
+    /// A port the workload listens on (the pod port, not a Service port), 1–65535. Required.
+    pub port: i64,
+    /// Required.
     pub mode: MtlsMode,
+}
+
+/// `spec.rules[]`: one authorization rule. Each non-empty list is a condition that holds when
+/// any of its values matches; the rule matches when every condition holds, so a rule without
+/// conditions matches every request and connection.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthorizationRuleSpec {
+    /// `ALLOW` or `DENY`. Required.
+    pub action: AuthorizationAction,
+    /// Conditions on the caller. Default: any caller.
+    #[serde(default)]
+    pub from: RuleSource,
+    /// Conditions on what is called. Default: anything.
+    #[serde(default)]
+    pub to: RuleDestination,
+}
+
+pub use crate::config::AuthorizationAction;
+
+/// `spec.rules[].from`: who calls, as proven by the caller's certificate. A plaintext caller
+/// has no identity and no namespace, so it matches no rule with either list.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RuleSource {
+    /// Workload SPIFFE IDs (`spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`),
+    /// compared exactly. Default: any.
+    #[serde(default)]
+    pub identities: Vec<String>,
+    /// Namespaces of the callers' SPIFFE IDs (DNS labels). Default: any.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+}
+
+/// `spec.rules[].to`: what is called. `methods` and `paths` exist only in HTTP: an ALLOW rule
+/// with them never matches a TCP connection, a DENY rule with them matches one when its other
+/// conditions hold (fail closed).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RuleDestination {
+    /// Ports of the workload (pod ports, not Service ports), 1–65535. Default: any.
+    #[serde(default)]
+    pub ports: Vec<i64>,
+    /// HTTP methods, upper-case letters (`GET`, `POST`, or an extension method). Default: any.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Request paths, compared with the normalised path. Default: any.
+    #[serde(default)]
+    pub paths: Vec<RulePath>,
+}
+
+/// `spec.rules[].to.paths[]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RulePath {
+    /// `Exact` or `PathPrefix` (whole segments). Required.
+    #[serde(rename = "type")]
+    pub match_type: RulePathType,
+    /// A normalised path: starts with `/`; no `?`, `#`, `%`, `;`, `//`, `.` or `..` segments.
+    /// Required.
+    pub value: String,
+}
+
+/// How a rule path is compared with the request's normalised path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum RulePathType {
+    /// The whole path.
+    Exact,
+    /// Whole segments: `/admin` matches `/admin` and `/admin/x`, not `/administrator`.
+    PathPrefix,
 }
 
 /// Whether a workload accepts plaintext from clients outside the mesh.

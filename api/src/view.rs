@@ -17,22 +17,35 @@
 //! **Producer and consumer routes** (GAMMA): a route in the Service's namespace applies to
 //! every client; a route in another namespace applies only to clients in its own namespace,
 //! and for those clients it replaces the producer routes of that Service port.
+//!
+//! **Inbound security** merges the InboundPolicies of the workload's namespace that have no
+//! target with those targeting the workload: a targeted policy's mode wins over the
+//! namespace's (per port too), and the rules add up, the namespace's first (see
+//! [`inbound_security`]).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use crate::config::{
-    Endpoint, InboundPort, PathMatch, PortConfig, ProxyConfig, Route, RouteMatch, ServiceConfig,
-    WorkloadRef,
+    AuthorizationRule, Endpoint, InboundPort, InboundSecurity, PathMatch, PortConfig, PortMode,
+    ProxyConfig, Route, RouteMatch, ServiceConfig, WorkloadRef,
 };
+use crate::identity::SpiffeId;
 use crate::policy::{
-    HttpRoute, ObjectKey, Policy, RouteRule, Service, ServicePort, Timestamp, Transport,
+    HttpRoute, InboundPolicy, MtlsMode, ObjectKey, Policy, RouteRule, Service, ServicePort,
+    Timestamp, Transport,
 };
 
-/// The configuration of the proxy of `workload`, whose pod has `pod_ips`. `version` is left
+/// The configuration of the proxy of `workload`, whose pod has `pod_ips`, in a mesh whose
+/// identities are in `trust_domain` (they name the endpoints' workloads). `version` is left
 /// empty: the control plane sets it.
-pub fn proxy_config(policy: &Policy, workload: &WorkloadRef, pod_ips: &[IpAddr]) -> ProxyConfig {
+pub fn proxy_config(
+    policy: &Policy,
+    workload: &WorkloadRef,
+    pod_ips: &[IpAddr],
+    trust_domain: &str,
+) -> ProxyConfig {
     let me = ObjectKey::new(&workload.namespace, &workload.name);
     let attachments = Attachments::new(policy);
     let mut services = Vec::new();
@@ -62,7 +75,7 @@ pub fn proxy_config(policy: &Policy, workload: &WorkloadRef, pod_ips: &[IpAddr])
             ports.push(PortConfig {
                 port: port.port,
                 protocol: port.protocol,
-                endpoints: ready_endpoints(port),
+                endpoints: ready_endpoints(policy, port, trust_domain),
                 routes: attachments.routes(service, port.port, &workload.namespace),
             });
         }
@@ -77,11 +90,12 @@ pub fn proxy_config(policy: &Policy, workload: &WorkloadRef, pod_ips: &[IpAddr])
         workload: workload.clone(),
         services,
         inbound: inbound.into_values().collect(),
-        inbound_security: Default::default(),
+        inbound_security: inbound_security(policy, workload),
     }
 }
 
-fn ready_endpoints(port: &ServicePort) -> Vec<Endpoint> {
+/// The ready endpoints of `port`, each with the SPIFFE ID of its Workload when it has one.
+fn ready_endpoints(policy: &Policy, port: &ServicePort, trust_domain: &str) -> Vec<Endpoint> {
     port.endpoints
         .iter()
         .filter(|e| e.ready)
@@ -91,9 +105,80 @@ fn ready_endpoints(port: &ServicePort) -> Vec<Endpoint> {
                 namespace: w.namespace.clone(),
                 name: w.name.clone(),
             }),
-            identity: None,
+            identity: e
+                .workload
+                .as_ref()
+                .and_then(|key| policy.workload(key))
+                .map(|w| {
+                    SpiffeId::new(trust_domain, &w.key.namespace, &w.service_account).to_string()
+                }),
         })
         .collect()
+}
+
+/// Who may call `workload`, and whether it accepts plaintext: the InboundPolicies of its
+/// namespace without a target, merged with those targeting it.
+///
+/// - `mode`: the one the targeted policies set, else the one the namespace-wide policies set,
+///   else PERMISSIVE (validation makes the policies of one target agree).
+/// - `port_modes`: the namespace-wide entries, replaced port by port by the targeted ones;
+///   an entry equal to `mode` is left out. Sorted by port.
+/// - `rules`: every rule of every policy, namespace-wide policies first, then targeted ones,
+///   each group by policy `namespace/name`, each policy's rules in order.
+pub fn inbound_security(policy: &Policy, workload: &WorkloadRef) -> InboundSecurity {
+    let me = ObjectKey::new(&workload.namespace, &workload.name);
+    let in_namespace = |p: &&InboundPolicy| p.key.namespace == workload.namespace;
+    // `inbound_policies` is sorted by key, so each group is too.
+    let namespace_wide: Vec<&InboundPolicy> = policy
+        .inbound_policies
+        .iter()
+        .filter(in_namespace)
+        .filter(|p| p.workload.is_none())
+        .collect();
+    let targeted: Vec<&InboundPolicy> = policy
+        .inbound_policies
+        .iter()
+        .filter(in_namespace)
+        .filter(|p| p.workload.as_ref() == Some(&me))
+        .collect();
+    let mode_of = |group: &[&InboundPolicy]| group.iter().find_map(|p| p.mode);
+    let mode = mode_of(&targeted)
+        .or_else(|| mode_of(&namespace_wide))
+        .unwrap_or_default();
+    let mut port_modes: BTreeMap<u16, MtlsMode> = BTreeMap::new();
+    for entry in namespace_wide
+        .iter()
+        .chain(&targeted)
+        .flat_map(|p| &p.port_modes)
+    {
+        port_modes.insert(entry.port, entry.mode);
+    }
+    let rules = namespace_wide
+        .iter()
+        .chain(&targeted)
+        .flat_map(|p| {
+            let name = p.key.to_string();
+            p.rules.iter().map(move |rule| AuthorizationRule {
+                policy: name.clone(),
+                rule: rule.index,
+                action: rule.action,
+                identities: rule.identities.iter().map(ToString::to_string).collect(),
+                namespaces: rule.namespaces.clone(),
+                ports: rule.ports.clone(),
+                methods: rule.methods.clone(),
+                paths: rule.paths.clone(),
+            })
+        })
+        .collect();
+    InboundSecurity {
+        mode,
+        port_modes: port_modes
+            .into_iter()
+            .filter(|(_, port_mode)| *port_mode != mode)
+            .map(|(port, mode)| PortMode { port, mode })
+            .collect(),
+        rules,
+    }
 }
 
 /// The routes a client in `client_namespace` uses for `port` of `service`, in precedence order.

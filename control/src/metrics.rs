@@ -2,8 +2,11 @@
 //! Counters only move forward; the gauges describe the state right now.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::api::{CertificateRefusal, StreamRefusal};
+use crate::ca::CertificateAuthority;
 
 /// Every metric of one control plane process. Created in `main` and shared by the source, the
 /// API and the admin server.
@@ -24,6 +27,21 @@ pub struct Metrics {
     pushes: AtomicU64,
     acks: AtomicU64,
     nacks: AtomicU64,
+    /// Configuration streams refused before they started, by [`StreamRefusal`].
+    stream_refusals: [AtomicU64; StreamRefusal::ALL.len()],
+    /// Connections to the API that never finished their TLS handshake (bad or untrusted
+    /// client certificates among them).
+    tls_handshake_failures: AtomicU64,
+    /// Workload certificates signed.
+    certificates_issued: AtomicU64,
+    /// Certificate requests refused, by [`CertificateRefusal`].
+    certificate_refusals: [AtomicU64; CertificateRefusal::ALL.len()],
+    /// The earliest `notAfter` of the trust bundle's roots and the issuer's (Unix seconds):
+    /// what to alert on long before it comes.
+    root_expiration: AtomicI64,
+    issuer_expiration: AtomicI64,
+    /// The `notAfter` of the API's current certificate (Unix seconds): it must keep moving.
+    serving_certificate_expiration: AtomicU64,
 }
 
 impl Metrics {
@@ -61,6 +79,48 @@ impl Metrics {
 
     pub fn nacked(&self) {
         self.nacks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn stream_refused(&self, reason: StreamRefusal) {
+        self.stream_refusals[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn tls_handshake_failed(&self) {
+        self.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn certificate_issued(&self) {
+        self.certificates_issued.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn certificate_refused(&self, reason: CertificateRefusal) {
+        self.certificate_refusals[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The CA in use: its roots' and issuer's expiry.
+    pub fn ca_loaded(&self, ca: &CertificateAuthority) {
+        self.root_expiration
+            .store(ca.root_expiration_unix(), Ordering::Relaxed);
+        self.issuer_expiration
+            .store(ca.issuer_expiration_unix(), Ordering::Relaxed);
+    }
+
+    /// The API has a new certificate, valid until `not_after_unix`.
+    pub fn serving_certificate_issued(&self, not_after_unix: u64) {
+        self.serving_certificate_expiration
+            .store(not_after_unix, Ordering::Relaxed);
+    }
+
+    pub fn certificates_issued(&self) -> u64 {
+        self.certificates_issued.load(Ordering::Relaxed)
+    }
+
+    pub fn certificates_refused(&self, reason: CertificateRefusal) -> u64 {
+        self.certificate_refusals[reason as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn streams_refused(&self, reason: StreamRefusal) -> u64 {
+        self.stream_refusals[reason as usize].load(Ordering::Relaxed)
     }
 
     pub fn config_errors(&self) -> u64 {
@@ -128,7 +188,74 @@ impl Metrics {
             "Configurations proxies refused.",
             &load(&self.nacks),
         );
+        metric(
+            "skiff_control_tls_handshake_failures_total",
+            "counter",
+            "Connections to the proxy API whose TLS handshake failed or timed out.",
+            &load(&self.tls_handshake_failures),
+        );
+        metric(
+            "skiff_control_serving_certificate_expiration_timestamp_seconds",
+            "gauge",
+            "When the proxy API's current certificate expires (Unix time); renewed at 70% of its lifetime.",
+            &load(&self.serving_certificate_expiration),
+        );
+        metric(
+            "skiff_ca_certificates_issued_total",
+            "counter",
+            "Workload certificates signed.",
+            &load(&self.certificates_issued),
+        );
+        metric(
+            "skiff_ca_root_expiration_timestamp_seconds",
+            "gauge",
+            "When the first root of the trust bundle expires (Unix time).",
+            &self.root_expiration.load(Ordering::Relaxed),
+        );
+        metric(
+            "skiff_ca_issuer_expiration_timestamp_seconds",
+            "gauge",
+            "When the certificate the CA signs with expires (Unix time); no leaf outlives it.",
+            &self.issuer_expiration.load(Ordering::Relaxed),
+        );
+        labelled(
+            &mut out,
+            "skiff_ca_certificate_refusals_total",
+            "Certificate requests refused, by reason.",
+            CertificateRefusal::ALL.iter().map(|reason| {
+                (
+                    reason.label(),
+                    load(&self.certificate_refusals[*reason as usize]),
+                )
+            }),
+        );
+        labelled(
+            &mut out,
+            "skiff_control_stream_refusals_total",
+            "Configuration streams refused before they started, by reason.",
+            StreamRefusal::ALL.iter().map(|reason| {
+                (
+                    reason.label(),
+                    load(&self.stream_refusals[*reason as usize]),
+                )
+            }),
+        );
         out
+    }
+}
+
+/// A counter with a `reason` label, every value listed (zeros too, so a dashboard sees them
+/// all from the start).
+fn labelled<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    values: impl Iterator<Item = (&'a str, u64)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} counter");
+    for (reason, value) in values {
+        let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {value}");
     }
 }
 
@@ -144,6 +271,9 @@ mod tests {
         metrics.proxy_connected();
         metrics.pushed();
         metrics.acked();
+        metrics.certificate_issued();
+        metrics.certificate_refused(CertificateRefusal::WrongToken);
+        metrics.stream_refused(StreamRefusal::WrongIdentity);
         let text = metrics.render();
         for line in [
             "skiff_control_snapshot_version 3",
@@ -155,6 +285,12 @@ mod tests {
             "skiff_control_nacks_total 0",
             "# TYPE skiff_control_snapshot_published_timestamp_seconds gauge",
             "# TYPE skiff_control_acks_total counter",
+            "skiff_ca_certificates_issued_total 1",
+            "skiff_ca_certificate_refusals_total{reason=\"wrong-token\"} 1",
+            "skiff_ca_certificate_refusals_total{reason=\"bad-csr\"} 0",
+            "skiff_control_stream_refusals_total{reason=\"wrong-identity\"} 1",
+            "skiff_control_stream_refusals_total{reason=\"no-client-certificate\"} 0",
+            "# TYPE skiff_ca_root_expiration_timestamp_seconds gauge",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }

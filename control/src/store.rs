@@ -23,7 +23,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
-use skiff_api::config::{InboundPort, ProxyConfig, WorkloadRef};
+use skiff_api::config::{InboundPort, InboundSecurity, ProxyConfig, WorkloadRef};
 use skiff_api::policy::{ObjectKey, Transport};
 use skiff_api::stream::{ControlMessage, FrameDecoder, MAX_CONFIG_FRAME_BYTES};
 use skiff_api::Policy;
@@ -34,6 +34,8 @@ use tokio::sync::watch;
 pub struct Store {
     /// `None` until a first valid policy is published: proxies that connect earlier wait.
     latest: watch::Sender<Option<Arc<Snapshot>>>,
+    /// The trust domain of the identities views name (`--trust-domain`): the one the CA signs.
+    trust_domain: Arc<str>,
 }
 
 /// One validated policy, numbered.
@@ -43,6 +45,8 @@ pub struct Snapshot {
     /// name it); proxies see content-derived [`View`] versions instead.
     pub version: u64,
     pub policy: Policy,
+    /// The trust domain of the identities its views name.
+    trust_domain: Arc<str>,
     /// The endpoints of TCP ports at each address, and the workload each belongs to: a pod IP
     /// outside it cannot change a view.
     endpoints_at: HashMap<IpAddr, Vec<(EndpointAt, Option<ObjectKey>)>>,
@@ -100,15 +104,21 @@ const VERSION_PLACEHOLDER: &str = "0000000000000000";
 
 impl View {
     /// The frame of `workload`'s view: `ProxyConfig`'s fields in the order `version`,
-    /// `workload`, `inbound`, `services` (JSON objects are unordered; `services` goes last so
+    /// `workload`, `inbound`, `inboundSecurity`, `services` (JSON objects are unordered; `services` goes last so
     /// that the shared buffer ends the frame, and the version first so that a reader finds it
     /// at once), with `services` already serialised. The version fingerprints the head (with
     /// a placeholder version) and the services' fingerprint.
-    fn assemble(workload: &WorkloadRef, services: &Services, inbound: &[InboundPort]) -> View {
+    fn assemble(
+        workload: &WorkloadRef,
+        services: &Services,
+        inbound: &[InboundPort],
+        security: &InboundSecurity,
+    ) -> View {
         let rest = format!(
-            "\"workload\":{},\"inbound\":{},\"services\":",
+            "\"workload\":{},\"inbound\":{},\"inboundSecurity\":{},\"services\":",
             to_json(workload),
-            to_json(inbound)
+            to_json(inbound),
+            to_json(security)
         );
         let head = |version: &str| format!("{{\"config\":{{\"version\":\"{version}\",{rest}");
         let mut fingerprint = Fingerprint::new();
@@ -150,9 +160,16 @@ fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> String {
 }
 
 impl Store {
+    /// A store whose views name identities in the default trust domain.
     pub fn new() -> Self {
+        Store::with_trust_domain(skiff_api::identity::DEFAULT_TRUST_DOMAIN)
+    }
+
+    /// A store whose views name identities in `trust_domain`.
+    pub fn with_trust_domain(trust_domain: &str) -> Self {
         Store {
             latest: watch::Sender::new(None),
+            trust_domain: Arc::from(trust_domain),
         }
     }
 
@@ -161,6 +178,7 @@ impl Store {
         let (endpoints_at, owned) = index_endpoints(&policy);
         let mut snapshot = Snapshot {
             version: 0,
+            trust_domain: self.trust_domain.clone(),
             endpoints_at,
             owned,
             policy,
@@ -248,7 +266,8 @@ impl Snapshot {
         cached(&self.views, (workload.clone(), found.clone()), || {
             let services = self.services(&workload.namespace);
             let inbound = self.inbound(&me, &found);
-            View::assemble(workload, &services, &inbound)
+            let security = skiff_api::view::inbound_security(&self.policy, workload);
+            View::assemble(workload, &services, &inbound, &security)
         })
     }
 
@@ -261,7 +280,8 @@ impl Snapshot {
                 namespace: namespace.to_string(),
                 name: String::new(),
             };
-            let services = skiff_api::proxy_config(&self.policy, &anyone, &[]).services;
+            let services =
+                skiff_api::proxy_config(&self.policy, &anyone, &[], &self.trust_domain).services;
             let mut body = to_json(&services).into_bytes();
             let mut fingerprint = Fingerprint::new();
             fingerprint.write(&body);
@@ -356,7 +376,12 @@ mod tests {
         workload: &WorkloadRef,
         pod_ips: &[IpAddr],
     ) {
-        let mut direct = skiff_api::proxy_config(&snapshot.policy, workload, pod_ips);
+        let mut direct = skiff_api::proxy_config(
+            &snapshot.policy,
+            workload,
+            pod_ips,
+            skiff_api::identity::DEFAULT_TRUST_DOMAIN,
+        );
         direct.version = view.version().to_string();
         assert_eq!(view.config(), direct);
         let frame = frame(view);

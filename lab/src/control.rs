@@ -4,8 +4,13 @@
 //! mesh's policy dir (its own, or the one the mesh was built with). It can be killed (SIGKILL) and started again on the same addresses; its
 //! metrics and the `skiff` CLI (`proxy-status`, `proxy-config`) are read from inside the network
 //! namespace, through its admin port 15014.
+//!
+//! Its certificate authority is a root it generates on first start in the mesh's `ca/`
+//! (`--ca-dir`), kept across restarts; sidecars get that directory's `ca-bundle.pem` as
+//! `--ca-bundle` and verify the control plane as [`CONTROL_PLANE_IDENTITY`].
 
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,6 +25,10 @@ pub const API_PORT: u16 = 15010;
 /// Metrics, health and the status endpoints the CLI reads (HTTP/1).
 pub const ADMIN_PORT: u16 = 15014;
 
+/// The SPIFFE ID the control plane serves its API as (trust domain `cluster.local`, namespace
+/// `skiff-system`, unless its arguments say otherwise).
+pub const CONTROL_PLANE_IDENTITY: &str = "spiffe://cluster.local/ns/skiff-system/sa/skiff-control";
+
 /// How long the control plane may take to answer after a start (a debug build, a busy machine).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -33,6 +42,8 @@ pub struct ControlPlane {
     ip: Ipv4Addr,
     /// The process in charge now; a restart replaces it.
     proc: Mutex<Proc>,
+    /// Extra `skiff-control` arguments (e.g. `--cert-lifetime 2m`), for every start.
+    args: Vec<String>,
 }
 
 /// One row of `skiff proxy-status`.
@@ -50,16 +61,48 @@ pub struct ProxyStatusRow {
 }
 
 impl ControlPlane {
-    pub(crate) fn start(mesh: Arc<MeshInner>) -> ControlPlane {
+    pub(crate) fn start(mesh: Arc<MeshInner>, args: &[&str]) -> ControlPlane {
         let ip = mesh.bridge_ip();
-        let proc = spawn(&mesh, ip);
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let proc = spawn(&mesh, ip, &args);
         let control = ControlPlane {
             mesh,
             ip,
             proc: Mutex::new(proc),
+            args,
         };
         control.wait_live();
         control
+    }
+
+    /// Its certificate authority's directory (`--ca-dir`): `root-cert.pem`, `root-key.pem`
+    /// and `ca-bundle.pem`. The root survives restarts.
+    pub fn ca_dir(&self) -> PathBuf {
+        ca_dir(&self.mesh)
+    }
+
+    /// The trust bundle, what sidecars get as `--ca-bundle`.
+    pub fn ca_bundle(&self) -> PathBuf {
+        self.ca_dir().join("ca-bundle.pem")
+    }
+
+    /// The SPIFFE ID it serves its API as, what sidecars get as `--control-plane-identity`.
+    pub fn identity(&self) -> String {
+        let arg = |flag: &str| {
+            self.args
+                .iter()
+                .position(|a| a == flag)
+                .and_then(|at| self.args.get(at + 1))
+                .cloned()
+        };
+        match (arg("--trust-domain"), arg("--namespace")) {
+            (None, None) => CONTROL_PLANE_IDENTITY.to_string(),
+            (domain, namespace) => format!(
+                "spiffe://{}/ns/{}/sa/skiff-control",
+                domain.as_deref().unwrap_or("cluster.local"),
+                namespace.as_deref().unwrap_or("skiff-system")
+            ),
+        }
     }
 
     /// `bridge-ip:15010`, what sidecars get as `--control-plane`.
@@ -103,7 +146,7 @@ impl ControlPlane {
             "the control plane (pid {}) still runs; kill it first",
             proc.pid()
         );
-        *proc = spawn(&self.mesh, self.ip);
+        *proc = spawn(&self.mesh, self.ip, &self.args);
         drop(proc);
         self.wait_live();
     }
@@ -252,7 +295,12 @@ impl ControlPlane {
     }
 }
 
-fn spawn(mesh: &MeshInner, ip: Ipv4Addr) -> Proc {
+/// `ca/` in the mesh's temp dir.
+fn ca_dir(mesh: &MeshInner) -> PathBuf {
+    mesh.dir.join("ca")
+}
+
+fn spawn(mesh: &MeshInner, ip: Ipv4Addr, args: &[String]) -> Proc {
     let bin = mesh.control_bin();
     let policy = &mesh.policy_dir;
     let mut cmd = process::command("ip");
@@ -263,7 +311,10 @@ fn spawn(mesh: &MeshInner, ip: Ipv4Addr) -> Proc {
         .arg("--listen")
         .arg(format!("{ip}:{API_PORT}"))
         .arg("--admin")
-        .arg(format!("{ip}:{ADMIN_PORT}"));
+        .arg(format!("{ip}:{ADMIN_PORT}"))
+        .arg("--ca-dir")
+        .arg(ca_dir(mesh))
+        .args(args);
     let filter = std::env::var("SKIFF_CONTROL_TEST_LOG").unwrap_or_else(|_| "info".into());
     cmd.env("SKIFF_LOG", &filter)
         .env("RUST_BACKTRACE", "1")

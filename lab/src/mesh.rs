@@ -372,7 +372,13 @@ impl Mesh {
     /// mesh's policy dir, and waits until it answers. Sidecars use it through
     /// [`crate::SidecarBuilder::control_plane`].
     pub fn control_plane(&self) -> ControlPlane {
-        ControlPlane::start(self.inner.clone())
+        ControlPlane::start(self.inner.clone(), &[])
+    }
+
+    /// Like [`Mesh::control_plane`], with extra `skiff-control` arguments for every start of
+    /// it (e.g. `--cert-lifetime 2m`).
+    pub fn control_plane_with(&self, args: &[&str]) -> ControlPlane {
+        ControlPlane::start(self.inner.clone(), args)
     }
 
     /// Writes (or replaces) `policy/FILE` atomically: a temp file renamed over it, so the

@@ -1,7 +1,7 @@
 //! A [`Pod`] is a network namespace on the mesh's bridge. Commands run in it through
 //! `ip netns exec`; a [`Sidecar`] is `skiff-proxy init` plus `skiff-proxy run` as UID 1337.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +10,7 @@ use crate::control::ControlPlane;
 use crate::mesh::MeshInner;
 use crate::metrics::Metrics;
 use crate::process::{self, Proc};
-use crate::{eventually, python, sh_quote};
+use crate::{eventually, policy, python, sh_quote};
 
 pub use crate::process::Output;
 
@@ -166,6 +166,8 @@ impl Pod {
             pod: self.clone(),
             policy_dir: self.mesh.policy_dir.clone(),
             control_plane: None,
+            bootstrap_token: None,
+            service_account: None,
             namespace: NAMESPACE.to_string(),
             log_filter: None,
             init_args: Vec::new(),
@@ -192,9 +194,17 @@ impl Pod {
 pub struct SidecarBuilder {
     pod: Pod,
     policy_dir: PathBuf,
-    /// `host:port` of a control plane: the proxy streams its configuration from there instead
-    /// of reading `policy_dir`.
-    control_plane: Option<String>,
+    /// A control plane: the proxy gets its certificate and streams its configuration from
+    /// there instead of reading `policy_dir`.
+    control_plane: Option<ControlPlaneFlags>,
+    /// The `bootstrapToken` of the pod's Workload, which the caller declares in the policy;
+    /// `None`: the lab declares the Workload itself (`workload-<namespace>-<pod>.yaml` in the
+    /// mesh's policy dir: the service account, the pod's addresses, the token
+    /// [`policy::bootstrap_token`]).
+    bootstrap_token: Option<String>,
+    /// The service account of a Workload the lab declares (default: the pod's name, so every
+    /// workload has an identity of its own).
+    service_account: Option<String>,
     /// The Kubernetes namespace of its workload (`--namespace`); the workload is the pod's name.
     namespace: String,
     /// `SKIFF_LOG`; `None`: `$SKIFF_TEST_LOG`, else `info,skiff_proxy=debug`.
@@ -211,9 +221,30 @@ impl SidecarBuilder {
     }
 
     /// Streams configuration from `control` (`--control-plane`) instead of reading files; the
-    /// sidecar is ready once it has applied its first configuration.
+    /// sidecar is ready once it has applied its first configuration. It bootstraps its
+    /// certificate with a token (`--bootstrap-token-file`), trusts the control plane's bundle
+    /// (`--ca-bundle`) and verifies its identity (`--control-plane-identity`); unless
+    /// [`SidecarBuilder::bootstrap_token`] is given, the lab declares the pod's Workload.
     pub fn control_plane(mut self, control: &ControlPlane) -> Self {
-        self.control_plane = Some(control.address());
+        self.control_plane = Some(ControlPlaneFlags {
+            address: control.address(),
+            ca_bundle: control.ca_bundle(),
+            identity: control.identity(),
+        });
+        self
+    }
+
+    /// The pod's Workload is in the policy already, declared by the caller with this
+    /// `bootstrapToken`: the lab declares nothing and gives the proxy this token.
+    pub fn bootstrap_token(mut self, token: &str) -> Self {
+        self.bootstrap_token = Some(token.to_string());
+        self
+    }
+
+    /// The service account of the pod's workload (default: the pod's name): its SPIFFE ID is
+    /// `spiffe://cluster.local/ns/<namespace>/sa/<service account>`.
+    pub fn service_account(mut self, service_account: &str) -> Self {
+        self.service_account = Some(service_account.to_string());
         self
     }
 
@@ -261,9 +292,22 @@ impl SidecarBuilder {
         let ip = pod.pod_ips();
         let policy = self.policy_dir.to_str().unwrap().to_string();
         let source = match &self.control_plane {
-            Some(address) => ["--control-plane", address.as_str()],
+            Some(control) => ["--control-plane", control.address.as_str()],
             None => ["--policy", policy.as_str()],
         };
+        let service_account = self
+            .service_account
+            .clone()
+            .unwrap_or_else(|| pod.name.clone());
+        let credentials = self.control_plane.as_ref().map(|control| {
+            credentials(
+                &pod,
+                &self.namespace,
+                self.bootstrap_token.as_deref(),
+                control,
+                &service_account,
+            )
+        });
         let mut argv = vec![
             "setpriv",
             "--reuid=1337",
@@ -281,6 +325,9 @@ impl SidecarBuilder {
             "--pod-ip",
             &ip,
         ];
+        if let Some(credentials) = &credentials {
+            argv.extend(credentials.iter().map(String::as_str));
+        }
         argv.extend(self.run_args.iter().map(String::as_str));
         let mut cmd = process::command("ip");
         cmd.args(["netns", "exec", &pod.ns]).args(&argv);
@@ -293,9 +340,18 @@ impl SidecarBuilder {
             .env("RUST_BACKTRACE", "1")
             .env("NO_COLOR", "1");
         let proc = pod.start("sidecar", cmd);
+        let identity = (self.control_plane.is_some()
+            && (self.bootstrap_token.is_none() || self.service_account.is_some()))
+        .then(|| {
+            format!(
+                "spiffe://cluster.local/ns/{}/sa/{service_account}",
+                self.namespace
+            )
+        });
         let sidecar = Sidecar {
             pod,
             namespace: self.namespace,
+            identity,
             proc,
             init_output: out,
         };
@@ -304,11 +360,80 @@ impl SidecarBuilder {
     }
 }
 
+/// The proxy's arguments for `control`: the trust bundle, the control plane's identity and
+/// a token file (written for UID 1337 only), declaring the pod's Workload first unless the
+/// caller did.
+fn credentials(
+    pod: &Pod,
+    namespace: &str,
+    bootstrap_token: Option<&str>,
+    control: &ControlPlaneFlags,
+    service_account: &str,
+) -> Vec<String> {
+    let token = match bootstrap_token {
+        Some(token) => token.to_string(),
+        None => {
+            let token = policy::bootstrap_token(namespace, &pod.name);
+            let addresses: Vec<IpAddr> = std::iter::once(IpAddr::V4(pod.ip))
+                .chain(pod.ip6.map(IpAddr::V6))
+                .collect();
+            let yaml =
+                policy::render_workload(namespace, &pod.name, service_account, &addresses, &token);
+            pod.mesh
+                .write_policy(&format!("workload-{namespace}-{}.yaml", pod.name), &yaml);
+            token
+        }
+    };
+    let tokens = pod.mesh.dir.join("tokens");
+    std::fs::create_dir_all(&tokens).expect("create the token dir");
+    let token_file = tokens.join(format!("{namespace}-{}", pod.name));
+    write_secret(&token_file, &token);
+    vec![
+        "--ca-bundle".to_string(),
+        control.ca_bundle.to_str().unwrap().to_string(),
+        "--control-plane-identity".to_string(),
+        control.identity.clone(),
+        "--bootstrap-token-file".to_string(),
+        token_file.to_str().unwrap().to_string(),
+    ]
+}
+
+/// What a sidecar needs to know of its control plane.
+struct ControlPlaneFlags {
+    /// `host:port` of its API.
+    address: String,
+    /// Its trust bundle (`--ca-bundle`).
+    ca_bundle: PathBuf,
+    /// Its SPIFFE ID (`--control-plane-identity`).
+    identity: String,
+}
+
+/// Writes `text` to `path` readable by the proxy's UID (1337) only.
+fn write_secret(path: &Path, text: &str) {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+    std::io::Write::write_all(&mut file, text.as_bytes())
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    drop(file);
+    std::os::unix::fs::chown(path, Some(1337), Some(1337))
+        .unwrap_or_else(|e| panic!("cannot chown {} to 1337: {e}", path.display()));
+    let mode = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o777);
+    assert_eq!(mode.ok(), Some(0o600), "{}", path.display());
+}
+
 /// A running `skiff-proxy run` in a pod.
 pub struct Sidecar {
     pod: Pod,
     /// The Kubernetes namespace of its workload.
     namespace: String,
+    /// Its SPIFFE ID when it streams from a control plane and its service account is known.
+    identity: Option<String>,
     proc: Proc,
     /// What `skiff-proxy init` printed.
     init_output: Output,
@@ -333,6 +458,13 @@ impl Sidecar {
     /// `namespace/name` of the workload it serves, as `skiff proxy-status` shows it.
     pub fn workload(&self) -> String {
         format!("{}/{}", self.namespace, self.pod.name)
+    }
+
+    /// Its SPIFFE ID (`spiffe://cluster.local/ns/<namespace>/sa/<service account>`), when it
+    /// streams from a control plane and the lab knows its service account (it declared the
+    /// Workload, or was told [`SidecarBuilder::service_account`]).
+    pub fn identity(&self) -> Option<&str> {
+        self.identity.as_deref()
     }
 
     /// What `skiff-proxy init` printed.

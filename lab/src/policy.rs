@@ -349,3 +349,48 @@ impl Service {
         &self.ports
     }
 }
+
+/// The bootstrap token the lab gives the Workload `namespace/name` (and its sidecar's
+/// `--bootstrap-token-file`): fixed and derived from the name, which is all a test needs.
+pub fn bootstrap_token(namespace: &str, name: &str) -> String {
+    format!("lab-token-{namespace}-{name}")
+}
+
+/// A `skiff.dev/v1alpha1 Workload`: what a proxy of `namespace/name` may be (its service
+/// account names its SPIFFE ID), at which addresses, and the token it bootstraps with.
+pub fn render_workload(
+    namespace: &str,
+    name: &str,
+    service_account: &str,
+    addresses: &[std::net::IpAddr],
+    bootstrap_token: &str,
+) -> String {
+    let addresses: Vec<String> = addresses.iter().map(|ip| format!("\"{ip}\"")).collect();
+    format!(
+        "apiVersion: skiff.dev/v1alpha1\nkind: Workload\nmetadata:\n  name: {name}\n  \
+         namespace: {namespace}\nspec:\n  serviceAccount: {service_account}\n  \
+         addresses: [{}]\n  bootstrapToken: {bootstrap_token}\n",
+        addresses.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_workload_renders_as_valid_policy() {
+        let ips = ["10.1.2.3".parse().unwrap(), "fd00::3".parse().unwrap()];
+        let token = bootstrap_token("default", "web");
+        let yaml = render_workload("default", "web", "web", &ips, &token);
+        let files = vec![("workload-web.yaml".to_string(), yaml)];
+        let policy = skiff_api::load(&files).expect("valid").policy;
+        let workload = &policy.workloads[0];
+        assert_eq!(workload.service_account, "web");
+        assert_eq!(workload.addresses, ips);
+        assert_eq!(
+            workload.bootstrap_token.as_deref(),
+            Some("lab-token-default-web")
+        );
+    }
+}

@@ -68,12 +68,23 @@ fn respond(
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
             } else if !state.proxy.control.is_ready() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "no configuration yet\n")
+            } else if state
+                .proxy
+                .identity
+                .as_ref()
+                .is_some_and(|identity| identity.not_after() <= std::time::SystemTime::now())
+            {
+                // Every peer would refuse this proxy: renewal has failed for a whole lifetime.
+                text(StatusCode::SERVICE_UNAVAILABLE, "certificate expired\n")
             } else {
                 text(StatusCode::OK, "ready\n")
             }
         }
         (Surface::Metrics | Surface::Admin, &Method::GET, "/metrics") => {
-            let rendered = state.proxy.metrics.render() + &state.proxy.control.render();
+            let mut rendered = state.proxy.metrics.render() + &state.proxy.control.render();
+            if let Some(identity) = &state.proxy.identity {
+                identity.render_metrics(&mut rendered);
+            }
             let mut response = text(StatusCode::OK, rendered);
             response.headers_mut().insert(
                 http::header::CONTENT_TYPE,
@@ -93,7 +104,7 @@ fn respond(
         }
         (Surface::Admin, &Method::GET, "/endpoints") => {
             let snapshot = state.proxy.snapshot.current();
-            let endpoints: std::collections::BTreeMap<String, &Vec<std::net::SocketAddr>> =
+            let endpoints: std::collections::BTreeMap<String, &Vec<crate::policy::Destination>> =
                 snapshot
                     .outbound
                     .iter()

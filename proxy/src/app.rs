@@ -16,6 +16,7 @@ use crate::http::server::HttpLimits;
 use crate::listener;
 use crate::metrics::Metrics;
 use crate::policy::{ConfigLimits, Snapshot, SnapshotHandle};
+use crate::tls::Identity;
 
 /// Behaviour of the data path.
 #[derive(Clone, Debug)]
@@ -26,6 +27,8 @@ pub struct Settings {
     pub pod_ips: Vec<IpAddr>,
     /// How long to wait for a client's first bytes before treating it as opaque TCP.
     pub detect_timeout: Duration,
+    /// How long a peer sidecar has to complete the mTLS handshake on the inbound port.
+    pub tls_handshake_timeout: Duration,
     /// Ports that are opaque TCP without detection (server speaks first).
     pub server_first_ports: Vec<u16>,
     /// An opaque TCP connection with no bytes moving for this long is closed.
@@ -47,6 +50,7 @@ impl Settings {
             workload,
             pod_ips,
             detect_timeout: Duration::from_secs(1),
+            tls_handshake_timeout: Duration::from_secs(5),
             server_first_ports: SERVER_FIRST_PORTS.to_vec(),
             tcp_idle_timeout: Duration::from_secs(3600),
             http: HttpLimits::default(),
@@ -97,6 +101,9 @@ pub struct Proxy {
     pub drain: DrainSignal,
     /// The configuration stream's state: readiness and its metrics.
     pub control: Arc<ControlStatus>,
+    /// This workload's certificate, renewed in place; `None` in local mode without a control
+    /// plane, where sidecars speak plaintext to each other.
+    pub identity: Option<Arc<Identity>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,9 +127,10 @@ impl App {
         settings: Settings,
         addresses: &Addresses,
         snapshot: Snapshot,
+        identity: Option<Arc<Identity>>,
     ) -> Result<App, BindError> {
         let drain = Drain::new();
-        let upstreams = Upstreams::new(settings.client.clone());
+        let upstreams = Upstreams::new(settings.client.clone(), identity.clone());
         let control = Arc::new(ControlStatus::new(settings.from_control_plane));
         let proxy = Arc::new(Proxy {
             settings,
@@ -131,6 +139,7 @@ impl App {
             metrics: Arc::default(),
             drain: drain.signal(),
             control,
+            identity,
         });
         let mut listeners = Vec::new();
         let required = [

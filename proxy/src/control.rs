@@ -1,6 +1,8 @@
 //! The proxy's side of the configuration stream (DESIGN.md §9; protocol in
-//! [`skiff_api::stream`]): connect to the control plane over HTTP/2, say Hello, apply every
-//! configuration received and answer ACK or NACK. When the stream breaks the proxy keeps
+//! [`skiff_api::stream`]): connect to the control plane over HTTP/2 and mutual TLS (the control
+//! plane proves `--control-plane-identity` against `--ca-bundle`, the proxy shows its workload
+//! certificate, [`crate::tls::control_plane`]), say Hello, apply every configuration received
+//! and answer ACK or NACK. When the stream breaks the proxy keeps
 //! serving the configuration it has and reconnects with exponential back-off and full jitter.
 //!
 //! Not on the request path: connections read whatever snapshot [`Apply`] installed.
@@ -25,7 +27,9 @@ use skiff_api::stream::{
     encode, ControlMessage, FrameDecoder, FrameError, Hello, ProxyMessage, MAX_CONFIG_FRAME_BYTES,
     STREAM_PATH,
 };
-use tokio::net::TcpStream;
+
+use crate::tls::control_plane::ConnectError;
+use crate::tls::{ControlPlaneTls, Identity};
 
 /// Installs a configuration; `Err` carries the reason the proxy refuses it (sent as the NACK)
 /// and must leave the configuration in force untouched.
@@ -34,7 +38,8 @@ pub type Apply = Arc<dyn Fn(ProxyConfig) -> Result<(), String> + Send + Sync>;
 /// The control plane's proxy API port (DESIGN.md §2).
 pub const DEFAULT_PORT: u16 = 15010;
 
-/// A control plane that does not accept the TCP connection within this is given up on.
+/// A control plane that does not accept the connection and complete the TLS handshake within
+/// this is given up on.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A control plane that stops answering HTTP/2 pings is given up on (a silent partition
@@ -51,6 +56,11 @@ pub struct StreamSettings {
     pub pod_ips: Vec<IpAddr>,
     /// Delays between reconnection attempts.
     pub backoff: Backoff,
+    /// Who the control plane must be.
+    pub tls: ControlPlaneTls,
+    /// What the proxy shows the control plane: each connection presents the certificate
+    /// current at the time, so reconnecting after a renewal shows the new one.
+    pub identity: Arc<Identity>,
 }
 
 /// Parses `--control-plane`: `host:port`, or `host` for port 15010.
@@ -260,7 +270,7 @@ impl Default for Backoff {
 
 /// A uniform value in `[0, 1)`. `RandomState` is seeded randomly per process and per
 /// instance: enough for jitter, without a dependency.
-fn random_fraction() -> f64 {
+pub(crate) fn random_fraction() -> f64 {
     let bits = RandomState::new().hash_one(Instant::now());
     (bits >> 11) as f64 / (1u64 << 53) as f64
 }
@@ -268,10 +278,8 @@ fn random_fraction() -> f64 {
 /// Why a stream ended; the proxy keeps its configuration and reconnects.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
-    #[error("cannot connect")]
-    Connect(#[source] std::io::Error),
-    #[error("connection timed out")]
-    ConnectTimeout,
+    #[error("no connection to the control plane")]
+    Connect(#[source] ConnectError),
     #[error("http/2 handshake failed")]
     Handshake(#[source] hyper::Error),
     #[error("the control plane refused the stream with status {0}")]
@@ -349,11 +357,15 @@ async fn stream(
     configured: &mut bool,
 ) -> Result<std::convert::Infallible, StreamError> {
     let address = settings.control_plane.as_str();
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
+    let tls = settings
+        .tls
+        .connect(
+            &settings.control_plane,
+            Some(&settings.identity),
+            CONNECT_TIMEOUT,
+        )
         .await
-        .map_err(|_| StreamError::ConnectTimeout)?
         .map_err(StreamError::Connect)?;
-    let _ = tcp.set_nodelay(true);
     let (mut sender, connection) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(KEEP_ALIVE_INTERVAL)
@@ -362,7 +374,7 @@ async fn stream(
         // Configurations are hundreds of kB: with HTTP/2's default 16 KiB frames the control
         // plane pays a write per 16 KiB to every proxy (bench/RESULTS.md, control plane fan-out).
         .max_frame_size(1 << 20)
-        .handshake(TokioIo::new(tcp))
+        .handshake(TokioIo::new(tls))
         .await
         .map_err(StreamError::Handshake)?;
     let _connection = AbortOnDrop(tokio::spawn(async move {
@@ -381,7 +393,7 @@ async fn stream(
     out.send_data(Bytes::from(encode(&hello)))
         .await
         .map_err(|_| StreamError::Gone)?;
-    let request = Request::post(format!("http://{address}{STREAM_PATH}"))
+    let request = Request::post(format!("https://{address}{STREAM_PATH}"))
         .header(header::CONTENT_TYPE, "application/x-ndjson")
         .body(body)
         .expect("an authority and a fixed path make a valid request");
@@ -454,7 +466,7 @@ impl Frames {
 }
 
 /// An error and its causes on one line.
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -117,12 +117,15 @@ fn classify_request_line(bytes: &[u8]) -> Verdict {
 }
 
 /// Reads from `io` until the protocol is known, the peer stops sending (EOF) or `timeout`
-/// passes. Returns the protocol and the bytes read, which must be replayed (see [`Rewind`]).
+/// passes; `read` holds bytes already read from it. Returns the protocol and every byte read,
+/// which must be replayed (see [`Rewind`]).
 pub async fn detect<T: AsyncRead + Unpin>(
     io: &mut T,
+    read: BytesMut,
     timeout: Duration,
 ) -> io::Result<(Protocol, Bytes)> {
-    let mut buffer = BytesMut::with_capacity(1024);
+    let mut buffer = read;
+    buffer.reserve(1024);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         match classify(&buffer) {
@@ -300,7 +303,7 @@ mod tests {
             .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .unwrap();
-        let (protocol, prefix) = detect(&mut server, Duration::from_secs(1)).await.unwrap();
+        let (protocol, prefix) = detect(&mut server, BytesMut::new(), Duration::from_secs(1)).await.unwrap();
         assert_eq!(protocol, Protocol::Http1);
         let mut replay = Rewind::new(prefix, server);
         drop(client);
@@ -312,7 +315,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_silent_client_is_opaque_after_the_timeout() {
         let (_client, mut server) = tokio::io::duplex(1024);
-        let (protocol, prefix) = detect(&mut server, Duration::from_secs(1)).await.unwrap();
+        let (protocol, prefix) = detect(&mut server, BytesMut::new(), Duration::from_secs(1)).await.unwrap();
         assert_eq!(protocol, Protocol::Tcp);
         assert!(prefix.is_empty());
     }
@@ -321,7 +324,7 @@ mod tests {
     async fn a_partial_preface_that_stalls_is_opaque() {
         let (mut client, mut server) = tokio::io::duplex(1024);
         client.write_all(b"PRI * HT").await.unwrap();
-        let (protocol, prefix) = detect(&mut server, Duration::from_secs(1)).await.unwrap();
+        let (protocol, prefix) = detect(&mut server, BytesMut::new(), Duration::from_secs(1)).await.unwrap();
         assert_eq!(protocol, Protocol::Tcp);
         assert_eq!(&prefix[..], b"PRI * HT");
     }

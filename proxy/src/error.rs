@@ -22,6 +22,14 @@ pub enum Failure {
     UpstreamReset,
     /// The upstream answered with something that is not valid HTTP.
     UpstreamProtocol,
+    /// The mTLS handshake with the peer sidecar failed, or the peer proved another identity
+    /// than the endpoint's: nothing was sent.
+    UpstreamTls,
+    /// This workload's inbound policy denies the request (the reason is in `x-skiff-reason`).
+    Denied,
+    /// The request path cannot be normalised safely (an encoded slash, a `;`, a bad escape):
+    /// refused rather than authorised one way and interpreted another by the app.
+    InvalidPath,
 }
 
 impl Failure {
@@ -36,6 +44,9 @@ impl Failure {
             Failure::ConnectTimeout => "connect-timeout",
             Failure::UpstreamReset => "upstream-reset",
             Failure::UpstreamProtocol => "upstream-protocol-error",
+            Failure::UpstreamTls => "upstream-tls-failed",
+            Failure::Denied => "denied",
+            Failure::InvalidPath => "invalid-path",
         }
     }
 
@@ -44,9 +55,11 @@ impl Failure {
         match self {
             Failure::NoRoute => http::StatusCode::NOT_FOUND,
             Failure::NoBackend => http::StatusCode::INTERNAL_SERVER_ERROR,
-            Failure::NoHealthyEndpoint | Failure::ConnectFailed => {
+            Failure::NoHealthyEndpoint | Failure::ConnectFailed | Failure::UpstreamTls => {
                 http::StatusCode::SERVICE_UNAVAILABLE
             }
+            Failure::Denied => http::StatusCode::FORBIDDEN,
+            Failure::InvalidPath => http::StatusCode::BAD_REQUEST,
             Failure::ConnectTimeout | Failure::RequestTimeout => http::StatusCode::GATEWAY_TIMEOUT,
             Failure::UpstreamReset | Failure::UpstreamProtocol => http::StatusCode::BAD_GATEWAY,
         }
@@ -67,6 +80,17 @@ pub enum ConnectError {
         addr: std::net::SocketAddr,
         timeout: std::time::Duration,
     },
+    #[error("mTLS with {addr} failed")]
+    Tls {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: crate::tls::TlsError,
+    },
+    #[error("mTLS handshake with {addr} timed out after {timeout:?}")]
+    TlsTimedOut {
+        addr: std::net::SocketAddr,
+        timeout: std::time::Duration,
+    },
     #[error("http handshake with {addr} failed")]
     Handshake {
         addr: std::net::SocketAddr,
@@ -80,6 +104,7 @@ impl ConnectError {
         match self {
             ConnectError::Refused { .. } | ConnectError::Handshake { .. } => Failure::ConnectFailed,
             ConnectError::TimedOut { .. } => Failure::ConnectTimeout,
+            ConnectError::Tls { .. } | ConnectError::TlsTimedOut { .. } => Failure::UpstreamTls,
         }
     }
 }
@@ -108,6 +133,9 @@ mod tests {
             (Failure::ConnectTimeout, 504),
             (Failure::UpstreamReset, 502),
             (Failure::UpstreamProtocol, 502),
+            (Failure::UpstreamTls, 503),
+            (Failure::Denied, 403),
+            (Failure::InvalidPath, 400),
         ];
         let flags: std::collections::HashSet<_> = table.iter().map(|(f, _)| f.flag()).collect();
         assert_eq!(flags.len(), table.len());

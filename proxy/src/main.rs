@@ -11,6 +11,7 @@
 
 mod admin;
 mod app;
+mod authz;
 mod capture;
 mod connection;
 mod control;
@@ -26,6 +27,7 @@ mod outbound;
 mod policy;
 mod route;
 mod tcp;
+mod tls;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -46,7 +48,7 @@ enum Command {
     /// Install the pod's traffic-capture rules (iptables) in the current network namespace.
     Init(InitArgs),
     /// Run the proxy.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Wait until the local proxy reports ready (for a postStart hook).
     Await {
         /// Give up after this long.
@@ -88,9 +90,22 @@ struct RunArgs {
     )]
     policy: Vec<PathBuf>,
     /// Stream configuration from the control plane at host:port (port 15010 if omitted)
-    /// instead of reading --policy files.
-    #[arg(long, env = "SKIFF_CONTROL_PLANE", value_parser = control::parse_address, conflicts_with = "policy")]
+    /// instead of reading --policy files. The proxy then gets its workload certificate there
+    /// first, and speaks mTLS to other sidecars.
+    #[arg(long, env = "SKIFF_CONTROL_PLANE", value_parser = control::parse_address, conflicts_with = "policy", requires = "ca_bundle")]
     control_plane: Option<::http::uri::Authority>,
+    /// PEM roots the control plane's certificate must chain to (required with
+    /// --control-plane).
+    #[arg(long, env = "SKIFF_CA_BUNDLE")]
+    ca_bundle: Option<PathBuf>,
+    /// File holding the token that authenticates the first certificate request (file mode:
+    /// the Workload's bootstrapToken; in a cluster, the projected service-account token).
+    /// Re-read at every request.
+    #[arg(long, env = "SKIFF_BOOTSTRAP_TOKEN_FILE")]
+    bootstrap_token_file: Option<PathBuf>,
+    /// The SPIFFE ID the control plane's certificate must carry.
+    #[arg(long, env = "SKIFF_CONTROL_PLANE_IDENTITY", default_value = tls::control_plane::DEFAULT_CONTROL_PLANE_IDENTITY, value_parser = parse_spiffe_id)]
+    control_plane_identity: skiff_api::identity::SpiffeId,
     /// Namespace of the workload this proxy serves.
     #[arg(long, env = "SKIFF_NAMESPACE", default_value = "default")]
     namespace: String,
@@ -127,7 +142,7 @@ fn main() -> std::process::ExitCode {
         .init();
     let result = match cli.command {
         Command::Init(args) => init(args),
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Await { timeout } => await_ready(timeout),
     };
     match result {
@@ -165,24 +180,33 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let config_limits = policy::ConfigLimits {
         max_routes: args.max_routes,
     };
+    // With a control plane: whom to trust, and how to ask for certificates.
+    let certificates = match (&args.control_plane, &args.ca_bundle) {
+        (Some(control_plane), Some(ca_bundle)) => Some(tls::renew::CertificateClient {
+            control_plane: control_plane.clone(),
+            tls: tls::ControlPlaneTls::load(ca_bundle, args.control_plane_identity.clone())
+                .context("--ca-bundle")?,
+            workload: workload.clone(),
+            token_file: args.bootstrap_token_file.clone(),
+        }),
+        (Some(_), None) => bail!("--control-plane needs --ca-bundle"),
+        // (clap's `requires` would not say so: --control-plane conflicts with --policy.)
+        (None, _) if args.ca_bundle.is_some() || args.bootstrap_token_file.is_some() => {
+            bail!("--ca-bundle and --bootstrap-token-file only apply with --control-plane")
+        }
+        (None, _) => None,
+    };
     let snapshot = match args.control_plane {
         // Nothing to route by until the control plane answers; readiness waits for it.
         Some(_) => policy::Snapshot::default(),
         None => policy::load(&args.policy, &workload, &args.pod_ip, &config_limits)?,
     };
-    let stream = args
-        .control_plane
-        .map(|control_plane| control::StreamSettings {
-            control_plane,
-            workload: workload.clone(),
-            pod_ips: args.pod_ip.clone(),
-            backoff: control::Backoff::default(),
-        });
+    let pod_ips = args.pod_ip.clone();
     let mut settings = app::Settings::new(workload, args.pod_ip);
     settings.config_limits = config_limits;
     settings.drain_period = args.drain_period;
     settings.detect_timeout = args.detect_timeout;
-    settings.from_control_plane = stream.is_some();
+    settings.from_control_plane = certificates.is_some();
     let runtime = if args.workers <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -195,7 +219,29 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let app = app::App::bind(settings, &app::Addresses::default(), snapshot)?;
+        // The workload certificate comes first: without it no sidecar would accept this one.
+        let identity = match &certificates {
+            Some(certificates) => tokio::select! {
+                identity = certificates.first_identity() => Some(identity),
+                () = wait_for_termination() => return Ok(()),
+            },
+            None => {
+                tracing::info!("local policy mode: no workload identity, sidecars speak plaintext to each other");
+                None
+            }
+        };
+        let stream = certificates.zip(identity.clone()).map(|(certificates, identity)| {
+            tokio::spawn(certificates.clone().keep_renewed(identity.clone()));
+            control::StreamSettings {
+                control_plane: certificates.control_plane,
+                workload: certificates.workload,
+                pod_ips,
+                backoff: control::Backoff::default(),
+                tls: certificates.tls,
+                identity,
+            }
+        });
+        let app = app::App::bind(settings, &app::Addresses::default(), snapshot, identity)?;
         let drain = app.drain();
         tokio::spawn(async move {
             wait_for_termination().await;
@@ -289,6 +335,10 @@ fn await_ready(timeout: Duration) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+fn parse_spiffe_id(text: &str) -> Result<skiff_api::identity::SpiffeId, String> {
+    skiff_api::identity::SpiffeId::parse(text).map_err(|error| format!("{text:?}: {error}"))
 }
 
 /// Parses durations like `500ms`, `5s`, `2m`.

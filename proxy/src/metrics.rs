@@ -1,14 +1,17 @@
 //! Prometheus metrics of the data path, served on :15020 `/metrics` in the text format.
 //!
 //! Labels are resolved once per connection: a connection asks for the [`ServiceMetrics`] of its
-//! (direction, service) pair, and every request on it then only bumps atomics. Label values
-//! come from the policy (service names) or from closed enums, never from request data.
+//! (direction, service, TLS, peer identity), and every request on it then only bumps atomics.
+//! Label values come from the policy (service names), from certificates our own CA signed
+//! (peer identities), or from closed enums, never from request data.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use skiff_api::identity::SpiffeId;
 
 use crate::error::Failure;
 
@@ -28,6 +31,24 @@ impl Direction {
     }
 }
 
+/// Whether a connection is mutual TLS between sidecars (the `tls` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Tls {
+    /// Plaintext, or the app's own TLS passed through.
+    None,
+    /// mTLS between sidecars: the peer proved a SPIFFE identity.
+    Mutual,
+}
+
+impl Tls {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tls::None => "none",
+            Tls::Mutual => "mtls",
+        }
+    }
+}
+
 /// Service label for destinations unknown to the mesh.
 pub const PASSTHROUGH: &str = "passthrough";
 /// Service label for inbound traffic to a port no Service of this pod exposes.
@@ -41,12 +62,14 @@ const DURATION_BUCKETS: [f64; 14] = [
 /// Status codes 100..=599 get a counter each; anything else is counted as 0.
 const CODES: usize = 600;
 
-/// Every metric of one (direction, service) pair.
+/// Every metric of one (direction, service, TLS, peer) combination.
 pub struct ServiceMetrics {
     /// Responses by status code, indexed by code.
     responses: Box<[AtomicU64]>,
     /// Responses the proxy generated itself, by failure.
     failures: Mutex<BTreeMap<&'static str, u64>>,
+    /// Requests and connections the inbound policy refused, by reason.
+    denials: Mutex<BTreeMap<&'static str, u64>>,
     duration_buckets: [AtomicU64; DURATION_BUCKETS.len()],
     duration_count: AtomicU64,
     duration_sum_us: AtomicU64,
@@ -63,6 +86,7 @@ impl ServiceMetrics {
         ServiceMetrics {
             responses: (0..CODES).map(|_| AtomicU64::new(0)).collect(),
             failures: Mutex::default(),
+            denials: Mutex::default(),
             duration_buckets: Default::default(),
             duration_count: AtomicU64::new(0),
             duration_sum_us: AtomicU64::new(0),
@@ -99,6 +123,16 @@ impl ServiceMetrics {
         *failures.entry(failure.flag()).or_default() += 1;
     }
 
+    /// Records a request or connection the inbound policy refused (`reason`: a closed set,
+    /// e.g. `plaintext`, `deny-rule`, `no-allow-rule`).
+    pub fn record_denial(&self, reason: &'static str) {
+        let mut denials = self
+            .denials
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *denials.entry(reason).or_default() += 1;
+    }
+
     pub fn tcp_opened(&self) {
         self.tcp_opened.fetch_add(1, Ordering::Relaxed);
     }
@@ -110,8 +144,27 @@ impl ServiceMetrics {
     }
 }
 
-/// The label pair that selects a [`ServiceMetrics`].
-type ServiceKey = (Direction, Arc<str>);
+/// The labels that select a [`ServiceMetrics`].
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct ServiceKey {
+    direction: Direction,
+    service: Arc<str>,
+    tls: Tls,
+    /// The peer's SPIFFE ID (inbound: the client proved it); empty when unknown.
+    peer: Arc<str>,
+}
+
+impl ServiceKey {
+    fn labels(&self) -> String {
+        format!(
+            "direction=\"{}\",service=\"{}\",tls=\"{}\",peer_identity=\"{}\"",
+            self.direction.as_str(),
+            escape(&self.service),
+            self.tls.as_str(),
+            escape(&self.peer)
+        )
+    }
+}
 
 /// A TCP counter: its name, help text and where it lives in [`ServiceMetrics`].
 type TcpCounter = (
@@ -124,21 +177,48 @@ type TcpCounter = (
 #[derive(Default)]
 pub struct Metrics {
     services: Mutex<BTreeMap<ServiceKey, Arc<ServiceMetrics>>>,
+    /// mTLS handshakes that failed, by direction and reason (a closed set from the verifier).
+    handshake_failures: Mutex<BTreeMap<(Direction, &'static str), u64>>,
 }
 
 impl Metrics {
-    /// The metrics of one (direction, service) pair; called once per connection.
+    /// The metrics of plaintext traffic of one (direction, service) pair; called once per
+    /// connection.
     pub fn service(&self, direction: Direction, service: &str) -> Arc<ServiceMetrics> {
+        self.connection(direction, service, Tls::None, None)
+    }
+
+    /// The metrics of one connection's labels; called once per connection.
+    pub fn connection(
+        &self,
+        direction: Direction,
+        service: &str,
+        tls: Tls,
+        peer: Option<&SpiffeId>,
+    ) -> Arc<ServiceMetrics> {
+        let key = ServiceKey {
+            direction,
+            service: Arc::from(service),
+            tls,
+            peer: peer.map_or_else(|| Arc::from(""), |id| Arc::from(id.to_string())),
+        };
         let mut services = self
             .services
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(found) = services.get(&(direction, Arc::from(service))) {
-            return found.clone();
-        }
-        let created = Arc::new(ServiceMetrics::new());
-        services.insert((direction, Arc::from(service)), created.clone());
-        created
+        services
+            .entry(key)
+            .or_insert_with(|| Arc::new(ServiceMetrics::new()))
+            .clone()
+    }
+
+    /// Counts an mTLS handshake that failed, with the verifier's reason.
+    pub fn record_handshake_failure(&self, direction: Direction, reason: &'static str) {
+        let mut failures = self
+            .handshake_failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *failures.entry((direction, reason)).or_default() += 1;
     }
 
     /// The Prometheus text exposition of every metric.
@@ -150,13 +230,10 @@ impl Metrics {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             services
                 .iter()
-                .map(|((d, s), m)| (*d, s.clone(), m.clone()))
+                .map(|(key, m)| (key.labels(), m.clone()))
                 .collect()
         };
         let mut out = String::with_capacity(4096);
-        let label = |d: Direction, s: &str| {
-            format!("direction=\"{}\",service=\"{}\"", d.as_str(), escape(s))
-        };
 
         header(
             &mut out,
@@ -164,14 +241,14 @@ impl Metrics {
             "counter",
             "HTTP responses sent downstream, by status code.",
         );
-        for (direction, service, m) in &services {
+        for (labels, m) in &services {
             for (code, count) in m.responses.iter().enumerate() {
                 let count = count.load(Ordering::Relaxed);
                 if count > 0 {
                     let _ = writeln!(
                         out,
                         "skiff_requests_total{{{},code=\"{code}\"}} {count}",
-                        label(*direction, service)
+                        labels
                     );
                 }
             }
@@ -182,7 +259,7 @@ impl Metrics {
             "counter",
             "Responses the proxy generated itself, by reason (the x-skiff-error value).",
         );
-        for (direction, service, m) in &services {
+        for (labels, m) in &services {
             let failures = m
                 .failures
                 .lock()
@@ -192,7 +269,7 @@ impl Metrics {
                 let _ = writeln!(
                     out,
                     "skiff_proxy_errors_total{{{},reason=\"{reason}\"}} {count}",
-                    label(*direction, service)
+                    labels
                 );
             }
         }
@@ -202,12 +279,11 @@ impl Metrics {
             "histogram",
             "Time from receiving a request to sending its response headers.",
         );
-        for (direction, service, m) in &services {
+        for (labels, m) in &services {
             let count = m.duration_count.load(Ordering::Relaxed);
             if count == 0 {
                 continue;
             }
-            let labels = label(*direction, service);
             let mut cumulative = 0;
             for (bound, bucket) in DURATION_BUCKETS.iter().zip(&m.duration_buckets) {
                 cumulative += bucket.load(Ordering::Relaxed);
@@ -225,6 +301,40 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "skiff_request_duration_seconds_count{{{labels}}} {count}"
+            );
+        }
+        header(
+            &mut out,
+            "skiff_denied_total",
+            "counter",
+            "Requests and connections refused by the inbound policy, by reason.",
+        );
+        for (labels, m) in &services {
+            let denials = m
+                .denials
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clone();
+            for (reason, count) in denials {
+                let _ = writeln!(out, "skiff_denied_total{{{labels},reason=\"{reason}\"}} {count}");
+            }
+        }
+        header(
+            &mut out,
+            "skiff_tls_handshake_failures_total",
+            "counter",
+            "mTLS handshakes between sidecars that failed, by reason.",
+        );
+        let failures = self
+            .handshake_failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        for ((direction, reason), count) in failures {
+            let _ = writeln!(
+                out,
+                "skiff_tls_handshake_failures_total{{direction=\"{}\",reason=\"{reason}\"}} {count}",
+                direction.as_str()
             );
         }
         let tcp: [TcpCounter; 4] = [
@@ -251,9 +361,9 @@ impl Metrics {
         ];
         for (name, help, field) in tcp {
             header(&mut out, name, "counter", help);
-            for (direction, service, m) in &services {
+            for (labels, m) in &services {
                 let value = field(m).load(Ordering::Relaxed);
-                let _ = writeln!(out, "{name}{{{}}} {value}", label(*direction, service));
+                let _ = writeln!(out, "{name}{{{}}} {value}", labels);
             }
         }
         out
@@ -294,15 +404,15 @@ mod tests {
 
         let text = metrics.render();
         let expect = [
-            "skiff_requests_total{direction=\"outbound\",service=\"shop/echo\",code=\"200\"} 2",
-            "skiff_requests_total{direction=\"outbound\",service=\"shop/echo\",code=\"503\"} 1",
-            "skiff_proxy_errors_total{direction=\"outbound\",service=\"shop/echo\",reason=\"no-healthy-endpoint\"} 1",
-            "skiff_request_duration_seconds_bucket{direction=\"outbound\",service=\"shop/echo\",le=\"0.005\"} 2",
-            "skiff_request_duration_seconds_bucket{direction=\"outbound\",service=\"shop/echo\",le=\"+Inf\"} 3",
-            "skiff_request_duration_seconds_count{direction=\"outbound\",service=\"shop/echo\"} 3",
-            "skiff_tcp_connections_opened_total{direction=\"outbound\",service=\"shop/echo\"} 1",
-            "skiff_tcp_sent_bytes_total{direction=\"outbound\",service=\"shop/echo\"} 10",
-            "skiff_tcp_received_bytes_total{direction=\"outbound\",service=\"shop/echo\"} 20",
+            "skiff_requests_total{direction=\"outbound\",service=\"shop/echo\",tls=\"none\",peer_identity=\"\",code=\"200\"} 2",
+            "skiff_requests_total{direction=\"outbound\",service=\"shop/echo\",tls=\"none\",peer_identity=\"\",code=\"503\"} 1",
+            "skiff_proxy_errors_total{direction=\"outbound\",service=\"shop/echo\",tls=\"none\",peer_identity=\"\",reason=\"no-healthy-endpoint\"} 1",
+            "skiff_request_duration_seconds_bucket{direction=\"outbound\",service=\"shop/echo\",tls=\"none\",peer_identity=\"\",le=\"0.005\"} 2",
+            "skiff_request_duration_seconds_bucket{direction=\"outbound\",service=\"shop/echo\",tls=\"none\",peer_identity=\"\",le=\"+Inf\"} 3",
+            "skiff_request_duration_seconds_count{direction=\"outbound\",service=\"shop/echo\",tls=\"none\",peer_identity=\"\"} 3",
+            "skiff_tcp_connections_opened_total{direction=\"outbound\",service=\"shop/echo\",tls=\"none\",peer_identity=\"\"} 1",
+            "skiff_tcp_sent_bytes_total{direction=\"outbound\",service=\"shop/echo\",tls=\"none\",peer_identity=\"\"} 10",
+            "skiff_tcp_received_bytes_total{direction=\"outbound\",service=\"shop/echo\",tls=\"none\",peer_identity=\"\"} 20",
         ];
         for line in expect {
             assert!(

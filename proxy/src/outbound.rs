@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::BytesMut;
 use tokio::net::TcpStream;
 
 use crate::app::Proxy;
@@ -11,8 +12,8 @@ use crate::detect::{self, Decision};
 use crate::http::forward::Upstream;
 use crate::idle::{Activity, Tracked};
 use crate::listener;
-use crate::metrics::{Direction, PASSTHROUGH};
-use crate::policy::{ServiceTarget, Snapshot};
+use crate::metrics::{Direction, Tls, PASSTHROUGH};
+use crate::policy::{Destination, ServiceTarget, Snapshot};
 
 /// What to do with an outbound connection; a pure function of the snapshot.
 #[derive(Debug)]
@@ -49,21 +50,30 @@ pub async fn handle(proxy: Arc<Proxy>, stream: TcpStream) {
     let snapshot = proxy.snapshot.current();
     match plan(&snapshot, original_dst, &proxy.settings.server_first_ports) {
         Plan::Mesh { target, decision } => {
-            let metrics = proxy.metrics.service(Direction::Outbound, &target.name);
+            let tls = if proxy.identity.is_some() && target.endpoints.all_in_mesh() {
+                Tls::Mutual
+            } else {
+                Tls::None
+            };
+            let metrics = proxy
+                .metrics
+                .connection(Direction::Outbound, &target.name, tls, None);
             drop(snapshot);
             let upstream = Upstream::Service {
                 vip: original_dst,
                 target,
                 snapshot: proxy.snapshot.clone(),
             };
-            crate::connection::serve(&proxy, stream, decision, upstream, metrics).await;
+            let read = BytesMut::new();
+            crate::connection::serve(&proxy, stream, read, decision, upstream, metrics).await;
         }
         Plan::Passthrough => {
             let metrics = proxy.metrics.service(Direction::Outbound, PASSTHROUGH);
             metrics.tcp_opened();
             let activity = Activity::new();
             let mut stream = Tracked::new(stream, activity.clone());
-            crate::connection::copy_to(&proxy, &mut stream, original_dst, &activity, &metrics)
+            let destination = Destination::plaintext(original_dst);
+            crate::connection::copy_to(&proxy, &mut stream, &destination, &activity, &metrics)
                 .await;
             let (sent, received) = activity.bytes();
             metrics.tcp_closed(sent, received);

@@ -8,23 +8,55 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
+use serde::Serialize;
 use skiff_api::config::{AppProtocol, ProxyConfig, WorkloadRef};
+use skiff_api::identity::{SpiffeError, SpiffeId};
 
+use crate::authz::InboundAuthz;
 use crate::detect::Protocol;
 use crate::route::{CompileError, Route};
+
+/// One endpoint: where to connect, and who must answer there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Destination {
+    pub addr: SocketAddr,
+    /// The SPIFFE ID the endpoint's sidecar must prove: the connection is mTLS and a peer
+    /// with another identity is refused. `None`: not in the mesh, plaintext.
+    #[serde(serialize_with = "display_identity")]
+    pub identity: Option<Arc<SpiffeId>>,
+}
+
+fn display_identity<S: serde::Serializer>(
+    identity: &Option<Arc<SpiffeId>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match identity {
+        Some(id) => serializer.collect_str(id),
+        None => serializer.serialize_none(),
+    }
+}
+
+impl Destination {
+    pub fn plaintext(addr: SocketAddr) -> Destination {
+        Destination {
+            addr,
+            identity: None,
+        }
+    }
+}
 
 /// The ready endpoints of one port of one service, and the balancer's cursor over them.
 #[derive(Debug)]
 pub struct EndpointSet {
     /// `namespace/name` of the service; the metric label and the name in logs.
     pub service: Arc<str>,
-    pub endpoints: Vec<SocketAddr>,
+    pub endpoints: Vec<Destination>,
     /// Round-robin cursor; balancer state that lives as long as this snapshot.
     next: AtomicUsize,
 }
 
 impl EndpointSet {
-    pub fn new(service: Arc<str>, endpoints: Vec<SocketAddr>) -> Self {
+    pub fn new(service: Arc<str>, endpoints: Vec<Destination>) -> Self {
         EndpointSet {
             service,
             endpoints,
@@ -33,12 +65,17 @@ impl EndpointSet {
     }
 
     /// Picks the next endpoint round-robin, or `None` when none is ready.
-    pub fn pick(&self) -> Option<SocketAddr> {
+    pub fn pick(&self) -> Option<Destination> {
         if self.endpoints.is_empty() {
             return None;
         }
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
-        Some(self.endpoints[index])
+        Some(self.endpoints[index].clone())
+    }
+
+    /// Every endpoint is a sidecar (spoken to with mTLS when this proxy has an identity).
+    pub fn all_in_mesh(&self) -> bool {
+        !self.endpoints.is_empty() && self.endpoints.iter().all(|e| e.identity.is_some())
     }
 }
 
@@ -57,7 +94,7 @@ pub struct ServiceTarget {
 }
 
 impl ServiceTarget {
-    pub fn pick_endpoint(&self) -> Option<SocketAddr> {
+    pub fn pick_endpoint(&self) -> Option<Destination> {
         self.endpoints.pick()
     }
 }
@@ -78,6 +115,8 @@ pub struct Snapshot {
     pub outbound: BTreeMap<SocketAddr, Arc<ServiceTarget>>,
     /// Ports of this pod that Services target, by port.
     pub inbound: BTreeMap<u16, InboundTarget>,
+    /// Who may call this workload: mTLS mode per port and authorization rules.
+    pub authz: InboundAuthz,
     /// The configuration this snapshot was built from, shown by `/config_dump`.
     pub config: ProxyConfig,
 }
@@ -103,6 +142,14 @@ pub enum SnapshotError {
     TooManyRoutes { routes: usize, max: usize },
     #[error(transparent)]
     Route(#[from] CompileError),
+    #[error("service {service}: endpoint {addr} has identity {identity:?}")]
+    Identity {
+        service: String,
+        addr: SocketAddr,
+        identity: String,
+        #[source]
+        source: SpiffeError,
+    },
     #[error("service {service}: {vip}:{port} is also the address of service {other}")]
     DuplicateAddress {
         service: String,
@@ -143,12 +190,29 @@ impl Snapshot {
         for service in &config.services {
             let name: Arc<str> = Arc::from(service.name.as_str());
             for port in &service.ports {
+                let mut destinations = Vec::with_capacity(port.endpoints.len());
+                for endpoint in &port.endpoints {
+                    let identity = match &endpoint.identity {
+                        None => None,
+                        Some(text) => Some(Arc::new(SpiffeId::parse(text).map_err(|source| {
+                            SnapshotError::Identity {
+                                service: service.name.clone(),
+                                addr: endpoint.addr,
+                                identity: text.clone(),
+                                source,
+                            }
+                        })?)),
+                    };
+                    destinations.push(Destination {
+                        addr: endpoint.addr,
+                        identity,
+                    });
+                }
                 for family in [Family::V4, Family::V6] {
-                    let endpoints = port
-                        .endpoints
+                    let endpoints = destinations
                         .iter()
-                        .map(|e| e.addr)
-                        .filter(|a| Family::of(a.ip()) == family)
+                        .filter(|d| Family::of(d.addr.ip()) == family)
+                        .cloned()
                         .collect();
                     sets.insert(
                         (&service.name, port.port, family),
@@ -216,6 +280,7 @@ impl Snapshot {
             source,
             outbound,
             inbound,
+            authz: InboundAuthz::new(&config.inbound_security),
             config,
         })
     }
@@ -350,7 +415,12 @@ pub fn config_from_files(
     for warning in &loaded.warnings {
         tracing::warn!("policy: {warning}");
     }
-    let mut config = skiff_api::proxy_config(&loaded.policy, workload, pod_ips);
+    let mut config = skiff_api::proxy_config(
+        &loaded.policy,
+        workload,
+        pod_ips,
+        skiff_api::identity::DEFAULT_TRUST_DOMAIN,
+    );
     config.version = "local".into();
     Ok(config)
 }
@@ -427,7 +497,10 @@ mod tests {
         assert_eq!(web.protocol, Some(Protocol::Http1));
         let backend = web.routes[0].pick_backend().unwrap();
         assert_eq!(&*backend.service, "default/web-v2");
-        assert_eq!(backend.pick(), Some("10.0.0.2:8080".parse().unwrap()));
+        assert_eq!(
+            backend.pick(),
+            Some(Destination::plaintext("10.0.0.2:8080".parse().unwrap()))
+        );
         assert_eq!(&*snapshot.inbound[&8080].service, "default/web");
     }
 

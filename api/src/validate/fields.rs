@@ -82,6 +82,65 @@ pub fn path_value(value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A path of an authorization rule. Rules are compared with the normalised request path
+/// (unreserved characters percent-decoded, dot segments resolved, repeated slashes merged;
+/// requests with `;`, an encoded `/` or `\`, a NUL or a bad escape refused), so a value that
+/// no normalised path can equal is refused: it would be a rule that never matches.
+pub fn rule_path(value: &str) -> Result<(), String> {
+    let never = "no normalised request path can match it";
+    if !value.starts_with('/') {
+        return Err(format!("{value:?} must start with \"/\""));
+    }
+    if value.len() > 1024 {
+        return Err(format!("at most 1024 characters, found {}", value.len()));
+    }
+    if let Some(c) = value.chars().find(|c| matches!(c, '?' | '#')) {
+        return Err(format!(
+            "{value:?} contains {c:?}; a rule matches the path only, without query or fragment"
+        ));
+    }
+    if value.contains('%') {
+        return Err(format!(
+            "{value:?} contains a percent-escape; requests are compared after decoding, so \
+             write the character itself (letters, digits, -._~ and !$&'()*+,=:@)"
+        ));
+    }
+    if value.contains(';') {
+        return Err(format!(
+            "{value:?} contains \";\"; requests whose path holds one are refused, so {never}"
+        ));
+    }
+    if value.contains("//") {
+        return Err(format!(
+            "{value:?} contains \"//\"; repeated slashes are merged, so {never}"
+        ));
+    }
+    let dot_segment = |segment: &str| segment == "." || segment == "..";
+    if value.split('/').any(dot_segment) {
+        return Err(format!(
+            "{value:?} has a \".\" or \"..\" segment; dot segments are resolved, so {never}"
+        ));
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "-/._~!$&'()*+,=:@".contains(c);
+    if let Some(c) = value.chars().find(|&c| !allowed(c)) {
+        return Err(format!(
+            "{value:?} contains {c:?}; paths may hold letters, digits and -/._~!$&'()*+,=:@"
+        ));
+    }
+    Ok(())
+}
+
+/// An HTTP method in an authorization rule: upper-case letters, like `GET` (requests' methods
+/// are compared case-insensitively).
+pub fn method(value: &str) -> Result<(), String> {
+    if value.is_empty() || value.len() > 32 || !value.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(format!(
+            "{value:?} is not a method: use 1 to 32 upper-case letters A-Z, like GET or POST"
+        ));
+    }
+    Ok(())
+}
+
 /// A regular expression as the proxy will compile it (the `regex` crate's syntax, anchored at
 /// both ends).
 pub fn regex(pattern: &str) -> Result<(), String> {
@@ -178,6 +237,53 @@ mod tests {
             "api", "", "/a//b", "/a/../b", "/a/.", "/a%2fb", "/a#b", "/a b", "/a?b",
         ] {
             assert!(path_value(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn rule_paths() {
+        for good in [
+            "/",
+            "/admin",
+            "/api/v1/",
+            "/~user/x@y",
+            "/a:b",
+            "/a.b/..c/c..",
+        ] {
+            assert_eq!(rule_path(good), Ok(()), "{good}");
+        }
+        let bad = [
+            ("admin", "must start with"),
+            ("", "must start with"),
+            ("/a?b", "without query"),
+            ("/a#b", "without query"),
+            ("/adm%69n", "percent-escape"),
+            ("/a%2fb", "percent-escape"),
+            ("/a;b", "are refused"),
+            ("/a//b", "repeated slashes"),
+            ("//", "repeated slashes"),
+            ("/a/../b", "dot segments"),
+            ("/a/.", "dot segments"),
+            ("/..", "dot segments"),
+            ("/./a", "dot segments"),
+            ("/a b", "contains ' '"),
+            ("/a\\b", "contains '\\\\'"),
+            ("/\u{e9}", "contains"),
+        ];
+        for (value, fragment) in bad {
+            let error = rule_path(value).unwrap_err();
+            assert!(error.contains(fragment), "{value:?}: {error}");
+        }
+        assert!(rule_path(&format!("/{}", "a".repeat(1024))).is_err());
+    }
+
+    #[test]
+    fn methods() {
+        for good in ["GET", "POST", "PROPFIND"] {
+            assert_eq!(method(good), Ok(()), "{good}");
+        }
+        for bad in ["", "get", "Get", "GET ", "M-SEARCH", "G1", &"A".repeat(33)] {
+            assert!(method(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -8,6 +8,7 @@
 
 mod conflicts;
 mod fields;
+mod inbound;
 mod route;
 mod service;
 mod targets;
@@ -55,7 +56,7 @@ pub fn load(files: &[(String, String)]) -> Result<Loaded, Vec<Problem>> {
     let traffic_policies =
         targets::traffic_policies(&objects.traffic_policies, &services, &mut problems);
     let inbound_policies =
-        targets::inbound_policies(&objects.inbound_policies, &workloads, &mut problems);
+        inbound::inbound_policies(&objects.inbound_policies, &workloads, &mut problems);
 
     let file_order: HashMap<&str, usize> = files
         .iter()

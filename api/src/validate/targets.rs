@@ -1,17 +1,16 @@
-//! Skiff's policies and what they attach to: a TrafficPolicy to a Service (or one port of it),
-//! an InboundPolicy to a Workload. One policy per target, so that what applies is never a
-//! guess.
+//! TrafficPolicies and what they attach to: a Service, or one port of it. One policy per
+//! target, so that what applies is never a guess. (InboundPolicies: [`super::inbound`].)
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::service::{Services, Workloads};
+use super::service::Services;
 use super::{fields, has_errors, key_of, Lookup};
 use crate::document::Located;
 use crate::duration::parse_duration;
 use crate::policy::{self, ObjectKey};
 use crate::problem::Problem;
-use crate::skiff_kinds::{InboundPolicy, TrafficPolicy, GROUP};
+use crate::skiff_kinds::TrafficPolicy;
 
 /// What `TrafficPolicy.spec.connectTimeout` is when unset (DESIGN.md §5).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -114,62 +113,4 @@ fn describe(service: &ObjectKey, port: Option<u16>) -> String {
         Some(port) => format!("port {port} of Service {service}"),
         None => format!("Service {service}"),
     }
-}
-
-pub(super) fn inbound_policies(
-    list: &[Located<InboundPolicy>],
-    workloads: &Workloads,
-    problems: &mut Vec<Problem>,
-) -> Vec<policy::InboundPolicy> {
-    let mut valid = Vec::new();
-    let mut targets: HashMap<ObjectKey, (ObjectKey, String)> = HashMap::new();
-    for item in list {
-        let key = key_of(&item.value.metadata);
-        let target = &item.value.spec.target_ref;
-        let mut found = Vec::new();
-        if target.group != GROUP || target.kind != "Workload" {
-            found.push(item.error(
-                "spec.targetRef",
-                format!(
-                    "an InboundPolicy targets a Workload (group {GROUP:?}, kind Workload), not \
-                     {} in group {:?}",
-                    target.kind, target.group
-                ),
-            ));
-        }
-        let workload = ObjectKey::new(&key.namespace, &target.name);
-        if let Lookup::Missing = workloads.lookup(&workload) {
-            found.push(item.error(
-                "spec.targetRef.name",
-                format!("Workload {workload} does not exist"),
-            ));
-        }
-        if !has_errors(&found) {
-            match targets.get(&workload) {
-                Some((other, place)) => found.push(item.error(
-                    "spec.targetRef",
-                    format!(
-                        "Workload {workload} is already targeted by InboundPolicy {other} \
-                         ({place}); merge the two"
-                    ),
-                )),
-                None => {
-                    targets.insert(
-                        workload.clone(),
-                        (key.clone(), item.place("spec.targetRef")),
-                    );
-                }
-            }
-        }
-        if !has_errors(&found) {
-            valid.push(policy::InboundPolicy {
-                key,
-                workload,
-                mtls: item.value.spec.mtls.mode,
-            });
-        }
-        problems.extend(found);
-    }
-    valid.sort_by(|a, b| a.key.cmp(&b.key));
-    valid
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::config::{AppProtocol, Backend, PathMatch, StringMatch};
-use crate::policy::{Endpoint, MtlsMode, Transport};
+use crate::policy::{Endpoint, Transport};
 
 fn files(list: &[(&str, &str)]) -> Vec<(String, String)> {
     list.iter()
@@ -214,11 +214,134 @@ spec:
         (one_port.port, one_port.connect_timeout),
         (Some(80), Duration::from_millis(250))
     );
-    assert_eq!(policy.inbound_policies[0].mtls, MtlsMode::Permissive);
+    let inbound = &policy.inbound_policies[0];
     assert_eq!(
-        policy.inbound_policies[0].workload,
-        ObjectKey::new("shop", "web-a")
+        inbound.mode, None,
+        "unset: inherited, PERMISSIVE in the end"
     );
+    assert_eq!(inbound.workload, Some(ObjectKey::new("shop", "web-a")));
+    assert!(inbound.port_modes.is_empty() && inbound.rules.is_empty());
+}
+
+#[test]
+fn inbound_policies_hold_checked_rules_and_report_every_bad_value() {
+    let good = "\
+apiVersion: skiff.dev/v1alpha1
+kind: InboundPolicy
+metadata: {name: lock, namespace: shop}
+spec:
+  mtls:
+    mode: STRICT
+    ports: [{port: 9090, mode: PERMISSIVE}, {port: 8081, mode: PERMISSIVE}]
+  rules:
+  - action: DENY
+    from: {identities: [spiffe://cluster.local/ns/shop/sa/old]}
+    to: {ports: [8080], methods: [DELETE], paths: [{type: PathPrefix, value: /admin/}]}
+  - {action: ALLOW, from: {}, to: {}}
+";
+    let policy = loaded(&[("s.yaml", SERVICES), ("p.yaml", good)]).policy;
+    let lock = &policy.inbound_policies[0];
+    assert_eq!(lock.workload, None, "no targetRef: the whole namespace");
+    assert_eq!(lock.mode, Some(crate::policy::MtlsMode::Strict));
+    let ports: Vec<u16> = lock.port_modes.iter().map(|p| p.port).collect();
+    assert_eq!(ports, [8081, 9090], "sorted");
+    assert_eq!(lock.rules.len(), 2);
+    assert_eq!(
+        lock.rules[0].identities[0].to_string(),
+        "spiffe://cluster.local/ns/shop/sa/old"
+    );
+    assert_eq!(lock.rules[1].index, 1);
+
+    let bad = "\
+apiVersion: skiff.dev/v1alpha1
+kind: InboundPolicy
+metadata: {name: lock, namespace: shop}
+spec:
+  mtls:
+    ports: [{port: 8080, mode: STRICT}, {port: 8080, mode: STRICT}, {port: 0, mode: STRICT}]
+  rules:
+  - action: DENY
+    from:
+      identities: [spiffe://cluster.local/ns/shop/sa/ok, spiffe://cluster.local/shop/old]
+      namespaces: [Shop]
+    to:
+      ports: [70000]
+      methods: [get]
+      paths: [{type: Exact, value: /a/../admin}]
+";
+    let found = problems(&[("s.yaml", SERVICES), ("p.yaml", bad)]);
+    let expected = [
+        "p.yaml:6 spec.mtls.ports[1].port: port 8080 is already listed at spec.mtls.ports[0]",
+        "p.yaml:6 spec.mtls.ports[2].port: 0 is not a port",
+        "p.yaml:10 spec.rules[0].from.identities[1]: \"spiffe://cluster.local/shop/old\" is \
+         not a workload SPIFFE ID",
+        "p.yaml:11 spec.rules[0].from.namespaces[0]: \"Shop\" is not a valid name",
+        "p.yaml:13 spec.rules[0].to.ports[0]: 70000 is not a port",
+        "p.yaml:14 spec.rules[0].to.methods[0]: \"get\" is not a method",
+        "p.yaml:15 spec.rules[0].to.paths[0].value: \"/a/../admin\" has a \".\" or \"..\" \
+         segment",
+    ];
+    assert_eq!(found.len(), expected.len(), "{found:#?}");
+    for (problem, start) in found.iter().zip(expected) {
+        assert!(
+            problem.starts_with(start),
+            "{problem}\nshould start with\n{start}"
+        );
+    }
+}
+
+#[test]
+fn inbound_policies_of_one_target_add_up_unless_their_modes_differ() {
+    let policy = |name: &str, target: &str, mtls: &str| {
+        format!(
+            "apiVersion: skiff.dev/v1alpha1\nkind: InboundPolicy\nmetadata: {{name: {name}, \
+             namespace: shop}}\nspec:\n{target}{mtls}  rules: [{{action: ALLOW}}]\n---\n"
+        )
+    };
+    let web_a = "  targetRef: {name: web-a}\n";
+    let strict = "  mtls: {mode: STRICT}\n";
+    let permissive = "  mtls: {mode: PERMISSIVE}\n";
+    let port = |mode: &str| format!("  mtls: {{ports: [{{port: 8080, mode: {mode}}}]}}\n");
+    // Agreeing or silent policies of one target, and differing ones of different targets.
+    let fine = [
+        policy("a", web_a, strict),
+        policy("b", web_a, strict),
+        policy("c", web_a, ""),
+        policy("d", "", permissive),
+        policy("e", "", ""),
+        policy("f", web_a, &port("PERMISSIVE")),
+        policy("g", "", &port("STRICT")),
+    ]
+    .concat();
+    let loaded = loaded(&[("s.yaml", SERVICES), ("p.yaml", &fine)]);
+    assert_eq!(loaded.policy.inbound_policies.len(), 7);
+
+    let rows = [
+        (
+            [policy("a", web_a, strict), policy("b", web_a, permissive)].concat(),
+            "p.yaml:14 spec.mtls.mode: PERMISSIVE conflicts with STRICT set for Workload \
+             shop/web-a by InboundPolicy shop/a (p.yaml:6)",
+        ),
+        (
+            [policy("a", "", strict), policy("b", "", permissive)].concat(),
+            "p.yaml:12 spec.mtls.mode: PERMISSIVE conflicts with STRICT set for every workload \
+             of namespace shop by InboundPolicy shop/a (p.yaml:5)",
+        ),
+        (
+            [
+                policy("a", web_a, &port("STRICT")),
+                policy("b", web_a, &port("PERMISSIVE")),
+            ]
+            .concat(),
+            "p.yaml:14 spec.mtls.ports[0].mode: PERMISSIVE conflicts with STRICT set for port \
+             8080 of Workload shop/web-a by InboundPolicy shop/a (p.yaml:6)",
+        ),
+    ];
+    for (yaml, expected) in rows {
+        let found = problems(&[("s.yaml", SERVICES), ("p.yaml", &yaml)]);
+        assert!(found[0].starts_with(expected), "{found:#?}\n{expected}");
+        assert_eq!(found.len(), 1, "{found:#?}");
+    }
 }
 
 #[test]

@@ -152,6 +152,9 @@ spec: {addresses: [10.0.1.9]}
 ---
 ";
 
+/// Not the default, so the tests see it reach the identities.
+const TD: &str = "mesh.example";
+
 fn me(namespace: &str, name: &str) -> WorkloadRef {
     WorkloadRef {
         namespace: namespace.to_string(),
@@ -162,7 +165,7 @@ fn me(namespace: &str, name: &str) -> WorkloadRef {
 #[test]
 fn the_view_lists_every_tcp_port_with_ready_endpoints() {
     let policy = policy(SERVICES);
-    let config = proxy_config(&policy, &me("shop", "client"), &[]);
+    let config = proxy_config(&policy, &me("shop", "client"), &[], TD);
     assert_eq!(config.version, "", "the control plane sets it");
     let names: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["data/db", "shop/web", "shop/web-v2"]);
@@ -186,6 +189,12 @@ fn the_view_lists_every_tcp_port_with_ready_endpoints() {
     );
     assert_eq!(http.endpoints[0].workload, Some(me("shop", "web-a")));
     assert_eq!(http.endpoints[1].workload, None);
+    assert_eq!(
+        http.endpoints[0].identity.as_deref(),
+        Some("spiffe://mesh.example/ns/shop/sa/default"),
+        "the workload's service account, in the trust domain given"
+    );
+    assert_eq!(http.endpoints[1].identity, None, "not a known workload");
     assert_eq!(web.ports[1].protocol, None, "no appProtocol: detect");
     assert!(config.inbound.is_empty(), "the client is nobody's endpoint");
 }
@@ -197,6 +206,7 @@ fn inbound_ports_come_from_pod_ips_or_the_workload() {
         &policy,
         &me("shop", "unknown"),
         &["10.0.0.7".parse().unwrap()],
+        TD,
     );
     let inbound: Vec<(u16, &str, Option<AppProtocol>)> = by_ip
         .inbound
@@ -211,7 +221,7 @@ fn inbound_ports_come_from_pod_ips_or_the_workload() {
         ]
     );
     // Endpoints that are not ready still name inbound traffic; UDP does not.
-    let by_name = proxy_config(&policy, &me("data", "db-0"), &[]);
+    let by_name = proxy_config(&policy, &me("data", "db-0"), &[], TD);
     assert_eq!(by_name.inbound.len(), 1);
     assert_eq!(by_name.inbound[0].port, 5432);
     assert_eq!(by_name.inbound[0].service, "data/db");
@@ -301,7 +311,7 @@ fn routes_are_ordered_by_precedence_then_age_then_name_then_rule() {
     ]
     .concat();
     let policy = policy(&yaml);
-    let config = proxy_config(&policy, &me("shop", "client"), &[]);
+    let config = proxy_config(&policy, &me("shop", "client"), &[], TD);
     let order = routes_of(&config, "shop/web", 80);
     let expected = [
         ("shop/paths", 1),     // Exact /api/health (11 characters)
@@ -338,7 +348,7 @@ fn consumer_routes_replace_producer_routes_for_their_namespace() {
     let policy = policy(&yaml);
     let from = |namespace: &str| {
         routes_of(
-            &proxy_config(&policy, &me(namespace, "x"), &[]),
+            &proxy_config(&policy, &me(namespace, "x"), &[], TD),
             "shop/web",
             80,
         )
@@ -362,7 +372,7 @@ fn rule_settings_reach_the_view() {
     timeouts: {request: 1500ms, backendRequest: 500ms}
 ";
     let policy = policy(&[SERVICES.to_string(), route("shop", "r", None, None, rules)].concat());
-    let config = proxy_config(&policy, &me("shop", "client"), &[]);
+    let config = proxy_config(&policy, &me("shop", "client"), &[], TD);
     let route = &config.services[1].ports[0].routes[0];
     assert_eq!(route.route, "shop/r");
     assert_eq!(route.matches[0].method.as_deref(), Some("POST"));
@@ -382,4 +392,170 @@ fn rule_settings_reach_the_view() {
         route.backend_timeout,
         Some(std::time::Duration::from_millis(500))
     );
+}
+
+const INBOUND_POLICIES: &str = "\
+apiVersion: skiff.dev/v1alpha1
+kind: Workload
+metadata: {name: web-b, namespace: shop}
+spec: {serviceAccount: web}
+---
+apiVersion: skiff.dev/v1alpha1
+kind: InboundPolicy
+metadata: {name: all, namespace: shop}
+spec:
+  mtls:
+    mode: STRICT
+    ports: [{port: 9090, mode: PERMISSIVE}, {port: 8081, mode: PERMISSIVE}]
+  rules:
+  - action: DENY
+    from: {namespaces: [evil]}
+---
+apiVersion: skiff.dev/v1alpha1
+kind: InboundPolicy
+metadata: {name: web-a-open, namespace: shop}
+spec:
+  targetRef: {name: web-a}
+  mtls:
+    mode: PERMISSIVE
+    ports: [{port: 9090, mode: STRICT}]
+  rules:
+  - action: ALLOW
+    from:
+      identities: [spiffe://mesh.example/ns/shop/sa/client]
+      namespaces: [shop]
+    to:
+      ports: [8080]
+      methods: [GET, POST]
+      paths: [{type: Exact, value: /health}, {type: PathPrefix, value: /api/}]
+---
+apiVersion: skiff.dev/v1alpha1
+kind: InboundPolicy
+metadata: {name: web-a-audit, namespace: shop}
+spec:
+  targetRef: {name: web-a}
+  rules:
+  - action: ALLOW
+  - action: DENY
+    to: {paths: [{type: PathPrefix, value: /}]}
+---
+apiVersion: skiff.dev/v1alpha1
+kind: InboundPolicy
+metadata: {name: strict, namespace: data}
+spec:
+  mtls: {mode: STRICT}
+---
+apiVersion: skiff.dev/v1alpha1
+kind: InboundPolicy
+metadata: {name: readers, namespace: data}
+spec:
+  targetRef: {name: db-0}
+  rules:
+  - {action: ALLOW, from: {namespaces: [shop]}}
+";
+
+#[test]
+fn inbound_security_merges_namespace_wide_and_targeted_policies() {
+    use crate::config::AuthorizationAction::{Allow, Deny};
+    use crate::config::MtlsMode::{Permissive, Strict};
+
+    let policy = policy(&[SERVICES, "---\n", INBOUND_POLICIES].concat());
+    // Each row: workload, mode, port exceptions, rules as (policy, index, action).
+    let rows = [
+        (
+            me("shop", "web-a"),
+            Permissive,
+            vec![(9090, Strict)],
+            vec![
+                ("shop/all", 0, Deny),
+                ("shop/web-a-audit", 0, Allow),
+                ("shop/web-a-audit", 1, Deny),
+                ("shop/web-a-open", 0, Allow),
+            ],
+        ),
+        (
+            me("shop", "web-b"),
+            Strict,
+            vec![(8081, Permissive), (9090, Permissive)],
+            vec![("shop/all", 0, Deny)],
+        ),
+        (
+            me("shop", "not-a-workload"),
+            Strict,
+            vec![(8081, Permissive), (9090, Permissive)],
+            vec![("shop/all", 0, Deny)],
+        ),
+        (
+            me("data", "db-0"),
+            Strict,
+            vec![],
+            vec![("data/readers", 0, Allow)],
+        ),
+        (me("elsewhere", "x"), Permissive, vec![], vec![]),
+    ];
+    for (workload, mode, port_modes, rules) in rows {
+        let security = proxy_config(&policy, &workload, &[], TD).inbound_security;
+        assert_eq!(security.mode, mode, "{workload}");
+        let ports: Vec<(u16, MtlsMode)> = security
+            .port_modes
+            .iter()
+            .map(|p| (p.port, p.mode))
+            .collect();
+        assert_eq!(ports, port_modes, "{workload}");
+        let named: Vec<(&str, usize, _)> = security
+            .rules
+            .iter()
+            .map(|r| (r.policy.as_str(), r.rule, r.action))
+            .collect();
+        assert_eq!(named, rules, "{workload}");
+    }
+}
+
+#[test]
+fn authorization_rules_reach_the_view_in_their_checked_form() {
+    use crate::config::AuthorizationPath;
+
+    let policy = policy(&[SERVICES, "---\n", INBOUND_POLICIES].concat());
+    let security = inbound_security(&policy, &me("shop", "web-a"));
+    let open = security
+        .rules
+        .iter()
+        .find(|r| r.policy == "shop/web-a-open")
+        .unwrap();
+    assert_eq!(open.identities, ["spiffe://mesh.example/ns/shop/sa/client"]);
+    assert_eq!(open.namespaces, ["shop"]);
+    assert_eq!(open.ports, [8080]);
+    assert_eq!(open.methods, ["GET", "POST"]);
+    assert_eq!(
+        open.paths,
+        [
+            AuthorizationPath::Exact("/health".to_string()),
+            AuthorizationPath::Prefix("/api".to_string()),
+        ],
+        "a prefix's trailing slash is dropped"
+    );
+    let everything = &security.rules[1];
+    assert!(
+        everything.identities.is_empty() && everything.paths.is_empty(),
+        "a rule without conditions stays one: {everything:?}"
+    );
+    assert_eq!(
+        security.rules[2].paths,
+        [AuthorizationPath::Prefix("/".to_string())]
+    );
+}
+
+#[test]
+fn inbound_security_does_not_depend_on_document_order() {
+    let forward = policy(&[SERVICES, "---\n", INBOUND_POLICIES].concat());
+    let mut documents: Vec<&str> = INBOUND_POLICIES.split("---\n").collect();
+    documents.reverse();
+    let backward = policy(&[SERVICES, "---\n", &documents.join("---\n")].concat());
+    for workload in [me("shop", "web-a"), me("shop", "web-b"), me("data", "db-0")] {
+        assert_eq!(
+            proxy_config(&forward, &workload, &[], TD),
+            proxy_config(&backward, &workload, &[], TD),
+            "{workload}"
+        );
+    }
 }

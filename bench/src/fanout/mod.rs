@@ -4,8 +4,9 @@
 //! The run, in order (every figure is printed as one JSON object at the end):
 //! 1. Write the generated policy ([`policy`]) into the directory the control plane watches and
 //!    wait until it is published and stable; read the control plane's memory (0 proxies).
-//! 2. Connect N proxies ([`proxy`]) at a bounded rate, each on its own HTTP/2 connection, and
-//!    wait until every one has its first configuration; read the memory again.
+//! 2. Connect N proxies ([`proxy`]) at a bounded rate, each on its own HTTP/2 connection over
+//!    mTLS (a client certificate per workload identity, [`tls`]), and wait until every one has
+//!    its first configuration; read the memory again.
 //! 3. For each edit: wait a random 1–1.6 s (so the edit falls anywhere in the control plane's
 //!    poll interval), rewrite `routes.yaml` atomically (temporary file + rename), and wait until
 //!    every proxy has received and ACKed a new version. Delays are measured from the rename, in
@@ -16,6 +17,7 @@
 mod control_plane;
 mod policy;
 mod proxy;
+mod tls;
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -48,6 +50,13 @@ pub struct Args {
     /// The directory it watches (its `--policy`); the policy is written there.
     #[arg(long)]
     policy_dir: PathBuf,
+    /// Its CA directory (its `--ca-dir`): the simulated proxies' certificates are signed with
+    /// the root there, and the control plane verified against its bundle.
+    #[arg(long)]
+    ca_dir: PathBuf,
+    /// Its trust domain (its `--trust-domain`).
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
     /// Simulated proxies.
     #[arg(long, default_value_t = 1000)]
     proxies: usize,
@@ -130,9 +139,15 @@ impl Run {
             admin: args.admin,
             pid: args.pid,
         };
+        let signer = tls::Signer::load(&args.ca_dir, &args.trust_domain)
+            .with_context(|| format!("--ca-dir {}", args.ca_dir.display()))?;
+        let identities = (0..args.proxies)
+            .map(|index| (mesh.workload(index).namespace, mesh.service_account(index)));
+        let connectors = tls::connectors(&signer, identities)?;
         let (sender, events) = mpsc::unbounded_channel();
         let fleet = Arc::new(Fleet {
             control_plane: args.control_plane,
+            connectors,
             decode: args.decode,
             max_frame_size: args.max_frame_size,
             events: sender,
@@ -236,9 +251,12 @@ impl Run {
         tokio::spawn(async move {
             for index in 0..mesh.proxies {
                 tokio::time::sleep_until(start + interval * index as u32).await;
+                let workload = mesh.workload(index);
+                let identity = (workload.namespace.clone(), mesh.service_account(index));
                 let me = Identity {
                     index,
-                    workload: mesh.workload(index),
+                    workload,
+                    identity,
                     pod_ip: mesh.pod_ip(index),
                 };
                 tokio::spawn(proxy::run(fleet.clone(), me));

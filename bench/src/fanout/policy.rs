@@ -59,6 +59,17 @@ impl Mesh {
         }
     }
 
+    /// The service account simulated proxy `index` runs as, which its client certificate
+    /// names: its Workload's, or `default` for a workload of its own (`workload_per_proxy`),
+    /// which the policy does not declare.
+    pub fn service_account(&self, index: usize) -> String {
+        if self.workload_per_proxy {
+            "default".to_string()
+        } else {
+            service_name((index % WORKLOADS) / 2)
+        }
+    }
+
     /// The pod IP of simulated proxy `index`: unique per proxy.
     pub fn pod_ip(&self, index: usize) -> IpAddr {
         let base = u32::from(Ipv4Addr::new(10, 128, 0, 0));
@@ -242,7 +253,12 @@ mod tests {
         let after = load(&mesh, 1);
         assert_ne!(before, after);
         // Proxy 0 is an endpoint of svc-00: its view has an inbound port.
-        let view = skiff_api::proxy_config(&after, &mesh.workload(0), &[mesh.pod_ip(0)]);
+        let view = skiff_api::proxy_config(
+            &after,
+            &mesh.workload(0),
+            &[mesh.pod_ip(0)],
+            skiff_api::identity::DEFAULT_TRUST_DOMAIN,
+        );
         assert_eq!(view.inbound.len(), 1, "{:?}", view.inbound);
         assert_eq!(view.services.len(), 3 * SERVICES);
     }

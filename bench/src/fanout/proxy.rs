@@ -1,7 +1,8 @@
-//! One simulated proxy: its own HTTP/2 connection to the control plane, `POST /v1/stream`, a
+//! One simulated proxy: its own mTLS + HTTP/2 connection to the control plane, `POST /v1/stream`, a
 //! Hello, then an ACK for every configuration received, each arrival reported (with its time)
 //! to the coordinator. It applies nothing: what is measured is the control plane's delivery.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use http::{header, Request};
 use http_body_util::{BodyExt, Channel};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls_pki_types::ServerName;
 use skiff_api::config::WorkloadRef;
 use skiff_api::stream::{
     encode, ControlMessage, FrameDecoder, FrameError, Hello, ProxyMessage, MAX_CONFIG_FRAME_BYTES,
@@ -19,6 +21,7 @@ use skiff_api::stream::{
 };
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::UnboundedSender;
+use tokio_rustls::TlsConnector;
 
 /// As the real proxy: pings every 10 s, so idle streams cost the control plane what they
 /// would in production.
@@ -56,6 +59,10 @@ pub enum Event {
 pub enum ProxyError {
     #[error("cannot connect")]
     Connect(#[source] std::io::Error),
+    #[error("TLS handshake failed")]
+    Tls(#[source] std::io::Error),
+    #[error("no client certificate for {0:?}")]
+    NoCertificate((String, String)),
     #[error("http/2 handshake failed")]
     Handshake(#[source] hyper::Error),
     #[error("the control plane answered {0}")]
@@ -113,9 +120,10 @@ fn version_in(head: &[u8]) -> Result<String, ProxyError> {
 }
 
 /// What every simulated proxy shares: where to connect, how to behave, where to report.
-#[derive(Debug)]
 pub struct Fleet {
     pub control_plane: SocketAddr,
+    /// TLS with a client certificate, by `(namespace, service account)`.
+    pub connectors: HashMap<(String, String), TlsConnector>,
     pub decode: Decode,
     /// The HTTP/2 SETTINGS_MAX_FRAME_SIZE to advertise; `None`: the default (16 KiB).
     pub max_frame_size: Option<u32>,
@@ -130,6 +138,8 @@ pub struct Identity {
     /// Its number in the events.
     pub index: usize,
     pub workload: WorkloadRef,
+    /// `(namespace, service account)`: which client certificate it presents.
+    pub identity: (String, String),
     pub pod_ip: IpAddr,
 }
 
@@ -151,13 +161,22 @@ async fn stream(fleet: &Fleet, me: &Identity) -> Result<std::convert::Infallible
         .await
         .map_err(ProxyError::Connect)?;
     let _ = tcp.set_nodelay(true);
+    let connector = fleet
+        .connectors
+        .get(&me.identity)
+        .ok_or_else(|| ProxyError::NoCertificate(me.identity.clone()))?;
+    let server = ServerName::try_from("localhost").expect("a valid DNS name");
+    let tls = connector
+        .connect(server, tcp)
+        .await
+        .map_err(ProxyError::Tls)?;
     let (mut sender, connection) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(KEEP_ALIVE_INTERVAL)
         .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
         .max_frame_size(fleet.max_frame_size)
-        .handshake(TokioIo::new(tcp))
+        .handshake(TokioIo::new(tls))
         .await
         .map_err(ProxyError::Handshake)?;
     tokio::spawn(async move {
@@ -174,7 +193,7 @@ async fn stream(fleet: &Fleet, me: &Identity) -> Result<std::convert::Infallible
     out.send_data(Bytes::from(encode(&hello)))
         .await
         .map_err(|_| ProxyError::Gone)?;
-    let request = Request::post(format!("http://{control_plane}{STREAM_PATH}"))
+    let request = Request::post(format!("https://{control_plane}{STREAM_PATH}"))
         .header(header::CONTENT_TYPE, "application/x-ndjson")
         .body(body)
         .expect("a socket address and a fixed path make a valid request");

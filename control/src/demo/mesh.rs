@@ -35,6 +35,8 @@ pub struct Layout {
     pub namespace: String,
     /// The client pod's address.
     pub client_ip: Ipv4Addr,
+    /// How the client's proxy gets its certificate and which identity it has.
+    pub client_credentials: Credentials,
     /// The two versions, in column order.
     pub versions: [Version; 2],
     /// The `echo` VIP and port the client calls.
@@ -52,6 +54,17 @@ pub struct Version {
     pub ip: Ipv4Addr,
     /// What its server answers with, `v1`.
     pub name: String,
+    /// How its proxy gets its certificate and which identity it has.
+    pub credentials: Credentials,
+}
+
+/// What a demo pod's Workload says about its proxy's certificate.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    /// The Workload's `bootstrapToken`.
+    pub bootstrap_token: String,
+    /// The Workload's `serviceAccount`: the proxy's identity.
+    pub service_account: String,
 }
 
 impl Layout {
@@ -76,23 +89,24 @@ impl Layout {
             message,
         };
         let client = find_workload(&policy, CLIENT, None).map_err(layout_error)?;
-        let namespace = client.0;
+        let namespace = client.namespace;
         let mut versions = Vec::new();
         for workload in VERSIONS {
-            let (_, ip) =
-                find_workload(&policy, workload, Some(&namespace)).map_err(layout_error)?;
+            let found = find_workload(&policy, workload, Some(&namespace)).map_err(layout_error)?;
             let name = workload.strip_prefix("echo-").unwrap_or(workload);
             versions.push(Version {
                 workload: workload.to_string(),
-                ip,
+                ip: found.ip,
                 name: name.to_string(),
+                credentials: found.credentials,
             });
         }
         let (target, server_port) = find_service(&policy, &namespace).map_err(layout_error)?;
         let layout = Layout {
             route_file,
             namespace,
-            client_ip: client.1,
+            client_ip: client.ip,
+            client_credentials: client.credentials,
             versions: [versions[0].clone(), versions[1].clone()],
             target,
             server_port,
@@ -126,12 +140,16 @@ impl Layout {
     }
 }
 
-/// `(namespace, first IPv4 address)` of the Workload `name` (in `namespace` when given).
-fn find_workload(
-    policy: &Policy,
-    name: &str,
-    namespace: Option<&str>,
-) -> Result<(String, Ipv4Addr), String> {
+/// A demo pod's Workload, as the demo needs it.
+struct Found {
+    namespace: String,
+    /// Its first IPv4 address.
+    ip: Ipv4Addr,
+    credentials: Credentials,
+}
+
+/// The Workload `name` (in `namespace` when given).
+fn find_workload(policy: &Policy, name: &str, namespace: Option<&str>) -> Result<Found, String> {
     let workload = policy
         .workloads
         .iter()
@@ -155,7 +173,20 @@ fn find_workload(
             IpAddr::V6(_) => None,
         })
         .ok_or_else(|| format!("Workload {} has no IPv4 address", workload.key))?;
-    Ok((workload.key.namespace.clone(), ip))
+    let bootstrap_token = workload.bootstrap_token.clone().ok_or_else(|| {
+        format!(
+            "Workload {} has no bootstrapToken: its proxy needs one to get its first certificate",
+            workload.key
+        )
+    })?;
+    Ok(Found {
+        namespace: workload.key.namespace.clone(),
+        ip,
+        credentials: Credentials {
+            bootstrap_token,
+            service_account: workload.service_account.clone(),
+        },
+    })
 }
 
 /// The `echo` Service's `VIP:port` (its first TCP port) and the port its endpoints listen on.
@@ -265,7 +296,11 @@ impl Demo {
         step("pods created: one network namespace each, on a bridge")?;
 
         let control = mesh.control_plane();
-        step(&format!("control plane answering on {}", control.address()))?;
+        step(&format!(
+            "control plane answering on {} (mTLS; its CA's trust bundle: {})",
+            control.address(),
+            control.ca_bundle().display()
+        ))?;
 
         let skiff = bins.skiff.to_str().expect("the skiff path is UTF-8");
         let port = layout.server_port.to_string();
@@ -287,11 +322,14 @@ impl Demo {
         }
         step("servers listening")?;
 
-        let sidecar = |pod: &Pod| -> Result<Sidecar, DemoError> {
+        let sidecar = |pod: &Pod, credentials: &Credentials| -> Result<Sidecar, DemoError> {
+            // The Workloads are the demo's policy files: the lab declares nothing.
             let sidecar = pod
                 .sidecar()
                 .control_plane(&control)
                 .namespace(&layout.namespace)
+                .bootstrap_token(&credentials.bootstrap_token)
+                .service_account(&credentials.service_account)
                 .log_filter(SIDECAR_LOG)
                 .install();
             step(&format!(
@@ -303,9 +341,10 @@ impl Demo {
         };
         let server_sidecars = server_pods
             .iter()
-            .map(sidecar)
+            .zip(&layout.versions)
+            .map(|(pod, version)| sidecar(pod, &version.credentials))
             .collect::<Result<Vec<_>, _>>()?;
-        let client_sidecar = sidecar(&client_pod)?;
+        let client_sidecar = sidecar(&client_pod, &layout.client_credentials)?;
 
         let client = client_pod.spawn(
             "demo-client",

@@ -425,6 +425,9 @@ mod tests {
         assert_eq!(layout.server_port, 8080);
         assert_eq!(layout.client_ip.to_string(), "10.0.0.2");
         assert_eq!(layout.versions.clone().map(|v| v.name), ["v1", "v2"]);
+        assert_eq!(layout.client_credentials.service_account, "client");
+        assert_eq!(layout.versions[1].credentials.service_account, "echo");
+        assert!(!layout.versions[0].credentials.bootstrap_token.is_empty());
         assert!(layout
             .route_file
             .is_some_and(|file| file.ends_with("route.yaml")));

@@ -247,7 +247,9 @@ mod tests {
         let dir = TempDir::new("file-source");
         std::fs::write(dir.0.join("echo.yaml"), SERVICE).unwrap();
         std::fs::write(dir.0.join("notes.txt"), "not policy").unwrap();
-        let control = Arc::new(ControlPlane::new());
+        let control = Arc::new(ControlPlane::new(
+            crate::ca::CertificateAuthority::generate(Default::default()).unwrap(),
+        ));
         let source = FileSource::new(dir.0.clone(), control.clone());
         assert_eq!(source.reload().unwrap(), 1);
 
@@ -277,7 +279,9 @@ mod tests {
 
     #[test]
     fn a_missing_directory_is_an_error_not_an_empty_policy() {
-        let control = Arc::new(ControlPlane::new());
+        let control = Arc::new(ControlPlane::new(
+            crate::ca::CertificateAuthority::generate(Default::default()).unwrap(),
+        ));
         let source = FileSource::new(PathBuf::from("/nonexistent/skiff"), control.clone());
         assert!(matches!(source.reload(), Err(ReloadError::ReadDir { .. })));
         assert!(control.store.current().is_none());
@@ -288,7 +292,9 @@ mod tests {
         let dir = TempDir::new("huge");
         let huge = std::fs::File::create(dir.0.join("huge.yaml")).unwrap();
         huge.set_len(skiff_api::MAX_FILE_BYTES as u64 + 1).unwrap();
-        let control = Arc::new(ControlPlane::new());
+        let control = Arc::new(ControlPlane::new(
+            crate::ca::CertificateAuthority::generate(Default::default()).unwrap(),
+        ));
         let source = FileSource::new(dir.0.clone(), control);
         assert!(matches!(source.reload(), Err(ReloadError::TooLarge { .. })));
     }

@@ -1,12 +1,17 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use skiff_api::identity::SpiffeId;
 use skiff_api::stream::SyncState;
+use skiff_control::ca::{self, CaSource, CertificateAuthority};
 use skiff_control::shutdown::Shutdown;
 use skiff_control::source::file::FileSource;
 use skiff_control::{admin, api, inspect, ControlPlane};
 use tokio::net::TcpListener;
 
 use super::*;
+use crate::tls::control_plane::ConnectError;
+use crate::tls::renew::{CertificateClient, IssueError};
+use crate::tls::{Refusal, TlsError};
 
 fn web() -> WorkloadRef {
     WorkloadRef {
@@ -153,6 +158,9 @@ fn addresses_default_to_the_api_port() {
 
 const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: echo, namespace: shop}\nspec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}\n";
 
+/// The two workloads whose proxies connect, each with the token for its first certificate.
+const WORKLOADS: &str = "apiVersion: skiff.dev/v1alpha1\nkind: Workload\nmetadata: {name: web, namespace: shop}\nspec: {serviceAccount: web, bootstrapToken: web-token}\n---\napiVersion: skiff.dev/v1alpha1\nkind: Workload\nmetadata: {name: api, namespace: shop}\nspec: {serviceAccount: api, bootstrapToken: api-token}\n";
+
 /// A fresh directory under the system temp dir, removed on drop.
 struct TempDir(PathBuf);
 
@@ -181,8 +189,16 @@ struct RunningControlPlane {
 }
 
 impl RunningControlPlane {
-    async fn start(dir: &std::path::Path, api: &str) -> Self {
-        let control = Arc::new(ControlPlane::new());
+    /// Policy from `dir`; the CA's root in `ca_dir` (generated on the first start, kept for
+    /// the next), leaves valid for `lifetime`.
+    async fn start(dir: &Path, ca_dir: &Path, lifetime: Duration, api: &str) -> Self {
+        let settings = ca::Settings {
+            lifetime,
+            ..ca::Settings::default()
+        };
+        let ca = CertificateAuthority::load(&CaSource::Dir(ca_dir.to_path_buf()), &[], settings)
+            .unwrap();
+        let control = Arc::new(ControlPlane::new(ca));
         let shutdown = Shutdown::new();
         let api_listener = TcpListener::bind(api).await.unwrap();
         let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -210,6 +226,33 @@ impl RunningControlPlane {
         }
     }
 
+    /// What a proxy is started with: `--ca-bundle` (the CA's bundle) and
+    /// `--control-plane-identity`.
+    fn proxy_tls(&self) -> ControlPlaneTls {
+        let roots = crate::tls::certificates_from_pem(self.control.ca.trust_bundle_pem()).unwrap();
+        ControlPlaneTls::try_new(&roots, self.control.identity()).unwrap()
+    }
+
+    /// How a proxy of `workload` asks this control plane for certificates, with `token`.
+    fn certificates(
+        &self,
+        dir: &Path,
+        workload: &WorkloadRef,
+        token: Option<&str>,
+    ) -> CertificateClient {
+        let token_file = token.map(|token| {
+            let path = dir.join(format!("token-{}-{}", workload.name, token));
+            std::fs::write(&path, format!("{token}\n")).unwrap();
+            path
+        });
+        CertificateClient {
+            control_plane: self.api.to_string().parse().unwrap(),
+            tls: self.proxy_tls(),
+            workload: workload.clone(),
+            token_file,
+        }
+    }
+
     async fn stop(self) {
         self.shutdown.request();
         for task in self.tasks {
@@ -229,10 +272,13 @@ async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     panic!("timed out waiting until {what}");
 }
 
-/// Starts a proxy's stream client; returns its status and the versions it applied.
-fn start_proxy(
-    control_plane: std::net::SocketAddr,
+/// Starts a proxy's stream client: obtains its certificate first, as `skiff-proxy run` does;
+/// returns its status and the versions it applied.
+async fn start_proxy(
+    plane: &RunningControlPlane,
+    dir: &Path,
     workload: WorkloadRef,
+    token: &str,
     refuse: Option<&'static str>,
 ) -> (
     Arc<ControlStatus>,
@@ -251,11 +297,17 @@ fn start_proxy(
             }
         })
     };
+    let certificates = plane.certificates(dir, &workload, Some(token));
+    let identity = tokio::time::timeout(Duration::from_secs(10), certificates.first_identity())
+        .await
+        .expect("a first certificate within 10 s");
     let settings = StreamSettings {
-        control_plane: control_plane.to_string().parse().unwrap(),
+        control_plane: plane.api.to_string().parse().unwrap(),
         workload,
         pod_ips: vec!["10.0.0.5".parse().unwrap()],
         backoff: Backoff::new(Duration::from_millis(10), Duration::from_millis(100)),
+        tls: plane.proxy_tls(),
+        identity,
     };
     let task = tokio::spawn(run(settings, status.clone(), apply));
     (status, applied, task)
@@ -264,13 +316,16 @@ fn start_proxy(
 #[tokio::test]
 async fn a_proxy_follows_the_policy_directory_through_the_control_plane() {
     let dir = TempDir::new("stream");
+    let (ca_dir, secrets) = (TempDir::new("stream-ca"), TempDir::new("stream-secrets"));
     let policy = dir.0.join("echo.yaml");
     std::fs::write(&policy, SERVICE).unwrap();
-    let plane = RunningControlPlane::start(&dir.0, "127.0.0.1:0").await;
+    std::fs::write(dir.0.join("workloads.yaml"), WORKLOADS).unwrap();
+    let hour = Duration::from_secs(3600);
+    let plane = RunningControlPlane::start(&dir.0, &ca_dir.0, hour, "127.0.0.1:0").await;
     let control = plane.control.clone();
 
-    // A proxy connects, receives the view and ACKs it.
-    let (status, applied, proxy) = start_proxy(plane.api, web(), None);
+    // A proxy gets its certificate, connects, receives the view and ACKs it.
+    let (status, applied, proxy) = start_proxy(&plane, &secrets.0, web(), "web-token", None).await;
     eventually("the first configuration is applied", || status.is_ready()).await;
     let first = status.applied_version().unwrap();
     eventually("the control plane records the ack", || {
@@ -313,15 +368,15 @@ async fn a_proxy_follows_the_policy_directory_through_the_control_plane() {
     assert_eq!(sent.services[0].ports[0].port, 8080);
 
     // A proxy that cannot apply its configuration shows as NACK in `skiff proxy-status`.
-    let api_workload = WorkloadRef {
-        namespace: "shop".into(),
-        name: "api".into(),
-    };
+    let api_workload = api();
     let (refusing, _, refusing_task) = start_proxy(
-        plane.api,
+        &plane,
+        &secrets.0,
         api_workload.clone(),
+        "api-token",
         Some("route shop/r: unknown backend"),
-    );
+    )
+    .await;
     let admin = plane.admin.to_string();
     let mut refused = None;
     for _ in 0..1000 {
@@ -346,8 +401,9 @@ async fn a_proxy_follows_the_policy_directory_through_the_control_plane() {
     assert!(!refusing.is_ready(), "nothing applied, so not ready");
     refusing_task.abort();
 
-    // The control plane restarts: the proxy keeps its configuration, reconnects, and is
-    // resynchronised without re-applying what it already runs.
+    // The control plane restarts (same CA, a new serving certificate): the proxy keeps its
+    // configuration, reconnects with its certificate, and is resynchronised without
+    // re-applying what it already runs.
     std::fs::remove_file(dir.0.join("broken.yaml")).unwrap();
     let api = plane.api;
     plane.stop().await;
@@ -356,7 +412,7 @@ async fn a_proxy_follows_the_policy_directory_through_the_control_plane() {
         status.is_ready(),
         "the last good configuration keeps serving"
     );
-    let plane = RunningControlPlane::start(&dir.0, &api.to_string()).await;
+    let plane = RunningControlPlane::start(&dir.0, &ca_dir.0, hour, &api.to_string()).await;
     let control = plane.control.clone();
     eventually("the proxy reconnects and acks", || {
         control
@@ -375,4 +431,131 @@ async fn a_proxy_follows_the_policy_directory_through_the_control_plane() {
 
     proxy.abort();
     plane.stop().await;
+}
+
+/// The error of a certificate request, on one line.
+fn refusal(result: Result<crate::tls::Credentials, IssueError>) -> IssueError {
+    match result {
+        Ok(_) => panic!("a certificate was issued"),
+        Err(error) => error,
+    }
+}
+
+#[tokio::test]
+async fn certificates_are_issued_over_tls_to_the_right_workload_only() {
+    let dir = TempDir::new("certificates");
+    let (ca_dir, secrets) = (
+        TempDir::new("certificates-ca"),
+        TempDir::new("certificates-secrets"),
+    );
+    std::fs::write(dir.0.join("workloads.yaml"), WORKLOADS).unwrap();
+    let hour = Duration::from_secs(3600);
+    let plane = RunningControlPlane::start(&dir.0, &ca_dir.0, hour, "127.0.0.1:0").await;
+    eventually("the policy is loaded", || {
+        plane.control.store.current().is_some()
+    })
+    .await;
+
+    // The first certificate: a token, a CSR without a name; the answer names the workload.
+    let client = plane.certificates(&secrets.0, &web(), Some("web-token"));
+    let identity = Arc::new(Identity::try_new(client.request(None).await.unwrap()).unwrap());
+    let web_id = SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/web").unwrap();
+    assert_eq!(identity.id(), web_id);
+    assert_eq!(identity.trust_roots(), 1);
+
+    // Renewal: the certificate alone authenticates (the token may be gone by then).
+    let renewing = plane.certificates(&secrets.0, &web(), None);
+    let first_leaf = identity.certified_key().cert[0].clone();
+    identity
+        .install(renewing.request(Some(&identity)).await.unwrap())
+        .unwrap();
+    assert_ne!(identity.certified_key().cert[0], first_leaf);
+    assert_eq!(identity.id(), web_id);
+
+    // Without a certificate, no token is no request; a wrong token is refused by the control
+    // plane with its reason.
+    assert!(matches!(
+        refusal(renewing.request(None).await),
+        IssueError::NoCredentials
+    ));
+    let wrong = plane.certificates(&secrets.0, &web(), Some("api-token"));
+    match refusal(wrong.request(None).await) {
+        IssueError::Refused { status, reason } => {
+            assert_eq!(status, http::StatusCode::UNAUTHORIZED, "{reason}");
+            assert!(reason.contains("token"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Another workload's certificate does not renew this one.
+    let api_identity = {
+        let api_client = plane.certificates(&secrets.0, &api(), Some("api-token"));
+        Arc::new(Identity::try_new(api_client.request(None).await.unwrap()).unwrap())
+    };
+    match refusal(renewing.request(Some(&api_identity)).await) {
+        IssueError::Refused { status, .. } => assert_eq!(status, http::StatusCode::FORBIDDEN),
+        other => panic!("{other:?}"),
+    }
+
+    // A control plane that cannot prove the identity expected is not talked to.
+    let impostor_id = SpiffeId::parse("spiffe://cluster.local/ns/skiff-system/sa/someone").unwrap();
+    let roots = crate::tls::certificates_from_pem(plane.control.ca.trust_bundle_pem()).unwrap();
+    let mut wary = plane.certificates(&secrets.0, &web(), Some("web-token"));
+    wary.tls = ControlPlaneTls::try_new(&roots, impostor_id).unwrap();
+    let error = refusal(wary.request(None).await);
+    let IssueError::Connect(ConnectError::Tls(TlsError::Certificate(refused))) = &error else {
+        panic!("{error:?}");
+    };
+    assert_eq!(refused.reason, Refusal::IdentityMismatch);
+    // Nor one whose certificate chains to another root.
+    let stranger = crate::tls::testing::TestCa::new("another root");
+    wary.tls = ControlPlaneTls::try_new(
+        std::slice::from_ref(&stranger.cert),
+        plane.control.identity(),
+    )
+    .unwrap();
+    let error = refusal(wary.request(None).await);
+    let IssueError::Connect(ConnectError::Tls(tls)) = &error else {
+        panic!("{error:?}");
+    };
+    assert_eq!(tls.reason(), "unknown-issuer");
+    plane.stop().await;
+}
+
+#[tokio::test]
+async fn a_short_lived_certificate_is_renewed_before_it_expires() {
+    let dir = TempDir::new("renewal");
+    let (ca_dir, secrets) = (TempDir::new("renewal-ca"), TempDir::new("renewal-secrets"));
+    std::fs::write(dir.0.join("workloads.yaml"), WORKLOADS).unwrap();
+    let lifetime = skiff_control::ca::MIN_LIFETIME;
+    let plane = RunningControlPlane::start(&dir.0, &ca_dir.0, lifetime, "127.0.0.1:0").await;
+    let client = plane.certificates(&secrets.0, &web(), Some("web-token"));
+    let identity = client.first_identity().await;
+    let first_not_after = identity.not_after();
+    let renewing = tokio::spawn(client.keep_renewed(identity.clone()));
+    // Due at 65-75% of the lifetime (which starts a minute early, for clock skew).
+    for _ in 0..150 {
+        if identity.not_after() > first_not_after {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        identity.not_after() > first_not_after,
+        "renewed within 15 s"
+    );
+    let mut metrics = String::new();
+    identity.render_metrics(&mut metrics);
+    assert!(
+        metrics.contains("skiff_certificate_renewals_total{result=\"success\"} 1"),
+        "{metrics}"
+    );
+    renewing.abort();
+    plane.stop().await;
+}
+
+fn api() -> WorkloadRef {
+    WorkloadRef {
+        namespace: "shop".into(),
+        name: "api".into(),
+    }
 }

@@ -1,6 +1,7 @@
 //! Upstream HTTP connections, pooled per endpoint: HTTP/1 connections are checked out for one
 //! request at a time and checked back in when the response body ends; one HTTP/2 connection
-//! per endpoint carries every request concurrently.
+//! per endpoint carries every request concurrently. An endpoint with an identity is a sidecar,
+//! reached with mTLS (when this proxy has an identity) that must prove that identity.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,9 +11,14 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use skiff_api::identity::{SpiffeId, ALPN_HTTP1, ALPN_HTTP2};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::error::{classify_hyper, ConnectError, Failure};
+use crate::policy::Destination;
+use crate::tls::Identity;
 
 /// Request body type sent upstream: the downstream body, streamed.
 type RequestBody = Incoming;
@@ -66,30 +72,41 @@ struct IdleSender {
     since: Instant,
 }
 
+/// What a pooled connection is for: an endpoint, and the identity it proved (mTLS) or `None`
+/// (plaintext). A connection is only reused for the same pair.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct PoolKey {
+    addr: SocketAddr,
+    peer: Option<Arc<SpiffeId>>,
+}
+
 /// Every upstream connection of one proxy.
 pub struct Upstreams {
     settings: ClientSettings,
-    idle_http1: Mutex<HashMap<SocketAddr, Vec<IdleSender>>>,
-    http2: Mutex<HashMap<SocketAddr, http2::SendRequest<RequestBody>>>,
+    /// This proxy's certificate; `None` (local mode without a control plane): every upstream
+    /// is plaintext.
+    identity: Option<Arc<Identity>>,
+    idle_http1: Mutex<HashMap<PoolKey, Vec<IdleSender>>>,
+    http2: Mutex<HashMap<PoolKey, http2::SendRequest<RequestBody>>>,
 }
 
 /// An HTTP/1 connection on loan to one response; dropping it without [`Checkin::release`]
 /// closes the connection.
 pub struct Checkin {
     pool: Arc<Upstreams>,
-    addr: SocketAddr,
+    key: PoolKey,
     sender: http1::SendRequest<RequestBody>,
 }
 
 impl Checkin {
     /// The response body ended cleanly: the connection may serve another request.
     pub fn release(self) {
-        let Checkin { pool, addr, sender } = self;
+        let Checkin { pool, key, sender } = self;
         if sender.is_closed() {
             return;
         }
         let mut idle = pool.idle_http1.lock().unwrap_or_else(|p| p.into_inner());
-        let senders = idle.entry(addr).or_default();
+        let senders = idle.entry(key).or_default();
         if senders.len() < pool.settings.max_idle_per_endpoint {
             senders.push(IdleSender {
                 sender,
@@ -100,26 +117,45 @@ impl Checkin {
 }
 
 impl Upstreams {
-    pub fn new(settings: ClientSettings) -> Arc<Self> {
+    pub fn new(settings: ClientSettings, identity: Option<Arc<Identity>>) -> Arc<Self> {
         Arc::new(Upstreams {
             settings,
+            identity,
             idle_http1: Mutex::default(),
             http2: Mutex::default(),
         })
     }
 
-    /// Sends an HTTP/1 request to `addr` on a pooled connection. A pooled connection that
-    /// turns out to be closed before the request was written is replaced transparently: the
-    /// upstream cannot have seen the request, so this is always safe.
+    /// Whether requests to `destination` travel over mTLS between sidecars.
+    pub fn is_mesh(&self, destination: &Destination) -> bool {
+        self.identity.is_some() && destination.identity.is_some()
+    }
+
+    fn key(&self, destination: &Destination) -> PoolKey {
+        PoolKey {
+            addr: destination.addr,
+            peer: self
+                .identity
+                .as_ref()
+                .and(destination.identity.as_ref())
+                .cloned(),
+        }
+    }
+
+    /// Sends an HTTP/1 request to `destination` on a pooled connection. A pooled connection
+    /// that turns out to be closed before the request was written is replaced transparently:
+    /// the upstream cannot have seen the request, so this is always safe.
     pub async fn send_http1(
         self: &Arc<Self>,
-        addr: SocketAddr,
+        destination: &Destination,
         mut request: http::Request<RequestBody>,
     ) -> Result<(http::Response<Incoming>, Checkin), SendError> {
+        let key = self.key(destination);
+        let addr = key.addr;
         loop {
-            let (mut sender, reused) = match self.checkout_http1(addr) {
+            let (mut sender, reused) = match self.checkout_http1(&key) {
                 Some(sender) => (sender, true),
-                None => (self.connect_http1(addr).await?, false),
+                None => (self.connect_http1(&key).await?, false),
             };
             if sender.ready().await.is_err() && reused {
                 continue;
@@ -130,7 +166,7 @@ impl Upstreams {
                         response,
                         Checkin {
                             pool: self.clone(),
-                            addr,
+                            key,
                             sender,
                         },
                     ))
@@ -148,26 +184,29 @@ impl Upstreams {
         }
     }
 
-    /// Sends a request on the shared HTTP/2 connection to `addr`, opening it if needed.
+    /// Sends a request on the shared HTTP/2 connection to `destination`, opening it if
+    /// needed.
     pub async fn send_http2(
         self: &Arc<Self>,
-        addr: SocketAddr,
+        destination: &Destination,
         mut request: http::Request<RequestBody>,
     ) -> Result<http::Response<Incoming>, SendError> {
+        let key = self.key(destination);
+        let addr = key.addr;
         let existing = {
             let connections = self.http2.lock().unwrap_or_else(|p| p.into_inner());
-            connections.get(&addr).filter(|s| !s.is_closed()).cloned()
+            connections.get(&key).filter(|s| !s.is_closed()).cloned()
         };
         let (mut sender, reused) = match existing {
             Some(sender) => (sender, true),
-            None => (self.connect_http2(addr).await?, false),
+            None => (self.connect_http2(&key).await?, false),
         };
         loop {
             let sent = match sender.ready().await {
                 Ok(()) => sender.try_send_request(request).await,
                 Err(source) if reused => {
                     tracing::debug!(%addr, %source, "pooled http/2 connection unusable, reconnecting");
-                    sender = self.connect_http2(addr).await?;
+                    sender = self.connect_http2(&key).await?;
                     continue;
                 }
                 Err(source) => return Err(SendError::Exchange { addr, source }),
@@ -177,7 +216,7 @@ impl Upstreams {
                 Err(mut error) => match error.take_message() {
                     Some(unsent) if reused => {
                         request = unsent;
-                        sender = self.connect_http2(addr).await?;
+                        sender = self.connect_http2(&key).await?;
                     }
                     _ => {
                         return Err(SendError::Exchange {
@@ -190,9 +229,9 @@ impl Upstreams {
         }
     }
 
-    fn checkout_http1(&self, addr: SocketAddr) -> Option<http1::SendRequest<RequestBody>> {
+    fn checkout_http1(&self, key: &PoolKey) -> Option<http1::SendRequest<RequestBody>> {
         let mut idle = self.idle_http1.lock().unwrap_or_else(|p| p.into_inner());
-        let senders = idle.get_mut(&addr)?;
+        let senders = idle.get_mut(key)?;
         while let Some(idle) = senders.pop() {
             if !idle.sender.is_closed() && idle.since.elapsed() < self.settings.idle_timeout {
                 return Some(idle.sender);
@@ -201,44 +240,104 @@ impl Upstreams {
         None
     }
 
+    /// Opens a TCP connection to `destination` and, when it is a sidecar and this proxy has
+    /// an identity, the mTLS session offering `alpn`, checked against the endpoint's identity.
+    pub async fn connect(
+        &self,
+        destination: &Destination,
+        alpn: &'static [u8],
+    ) -> Result<UpstreamStream, ConnectError> {
+        let addr = destination.addr;
+        let stream = crate::tcp::connect(addr, self.settings.connect_timeout).await?;
+        let (Some(identity), Some(expected)) = (&self.identity, &destination.identity) else {
+            return Ok(UpstreamStream::Plain(stream));
+        };
+        let timeout = self.settings.connect_timeout;
+        let handshake = crate::tls::connect(identity, stream, alpn, expected);
+        match tokio::time::timeout(timeout, handshake).await {
+            Ok(Ok(tls)) => Ok(UpstreamStream::Mesh(Box::new(tls))),
+            Ok(Err(source)) => Err(ConnectError::Tls { addr, source }),
+            Err(_) => Err(ConnectError::TlsTimedOut { addr, timeout }),
+        }
+    }
+
     async fn connect_http1(
         &self,
-        addr: SocketAddr,
+        key: &PoolKey,
     ) -> Result<http1::SendRequest<RequestBody>, ConnectError> {
-        let stream = crate::tcp::connect(addr, self.settings.connect_timeout).await?;
-        let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| ConnectError::Handshake { addr, source })?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.with_upgrades().await {
-                tracing::debug!(%addr, %error, "upstream http/1 connection ended");
-            }
-        });
-        Ok(sender)
+        let destination = Destination {
+            addr: key.addr,
+            identity: key.peer.clone(),
+        };
+        match self.connect(&destination, ALPN_HTTP1).await? {
+            UpstreamStream::Plain(stream) => handshake_http1(stream, key.addr).await,
+            UpstreamStream::Mesh(tls) => handshake_http1(tls, key.addr).await,
+        }
     }
 
     async fn connect_http2(
         &self,
-        addr: SocketAddr,
+        key: &PoolKey,
     ) -> Result<http2::SendRequest<RequestBody>, ConnectError> {
-        let stream = crate::tcp::connect(addr, self.settings.connect_timeout).await?;
-        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| ConnectError::Handshake { addr, source })?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%addr, %error, "upstream http/2 connection ended");
-            }
-        });
+        let destination = Destination {
+            addr: key.addr,
+            identity: key.peer.clone(),
+        };
+        let sender = match self.connect(&destination, ALPN_HTTP2).await? {
+            UpstreamStream::Plain(stream) => handshake_http2(stream, key.addr).await?,
+            UpstreamStream::Mesh(tls) => handshake_http2(tls, key.addr).await?,
+        };
         self.http2
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(addr, sender.clone());
+            .insert(key.clone(), sender.clone());
         Ok(sender)
     }
+}
+
+/// An upstream connection: plaintext, or mTLS to a peer sidecar.
+pub enum UpstreamStream {
+    Plain(TcpStream),
+    Mesh(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+async fn handshake_http1<IO>(
+    io: IO,
+    addr: SocketAddr,
+) -> Result<http1::SendRequest<RequestBody>, ConnectError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::Builder::new()
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|source| ConnectError::Handshake { addr, source })?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.with_upgrades().await {
+            tracing::debug!(%addr, %error, "upstream http/1 connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+async fn handshake_http2<IO>(
+    io: IO,
+    addr: SocketAddr,
+) -> Result<http2::SendRequest<RequestBody>, ConnectError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|source| ConnectError::Handshake { addr, source })?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%addr, %error, "upstream http/2 connection ended");
+        }
+    });
+    Ok(sender)
 }

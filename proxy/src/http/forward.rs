@@ -4,21 +4,23 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{header, uri, Request, Response, StatusCode, Uri, Version};
+use http::{header, uri, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use skiff_api::identity::{SpiffeId, ORIGINAL_PROTOCOL_HEADER};
 use tokio::time::Instant;
 
 use super::client::Upstreams;
 use super::headers::{is_upgrade, strip_hop_by_hop};
-use super::{failure_response, ResponseBody};
+use super::{denied_response, failure_response, ResponseBody};
+use crate::authz::Verdict;
 use crate::detect::Protocol;
 use crate::drain::DrainSignal;
 use crate::error::Failure;
 use crate::idle::Activity;
 use crate::metrics::ServiceMetrics;
-use crate::policy::{ServiceTarget, SnapshotHandle};
+use crate::policy::{Destination, ServiceTarget, SnapshotHandle};
 use crate::route::modify_headers;
 
 /// Where a connection's requests go.
@@ -33,15 +35,22 @@ pub enum Upstream {
         target: Arc<ServiceTarget>,
         snapshot: Arc<SnapshotHandle>,
     },
-    /// Inbound to the local app, on the pod address and the port the client dialled.
-    Local(SocketAddr),
+    /// Inbound to the local app, on the pod address and the port the client dialled. Every
+    /// request is authorised first with the current snapshot's inbound policy.
+    Local {
+        addr: SocketAddr,
+        snapshot: Arc<SnapshotHandle>,
+        /// The calling sidecar's identity from its certificate; `None` for plaintext.
+        client: Option<Arc<SpiffeId>>,
+    },
 }
 
 /// Forwards the requests of one downstream connection.
 pub struct Forwarder {
     pub upstream: Upstream,
     /// The HTTP version spoken to the upstream; the same as the downstream's, so h2c and gRPC
-    /// stay HTTP/2 end to end.
+    /// stay HTTP/2 end to end. Between sidecars HTTP/1 rides HTTP/2 (marked with
+    /// `x-skiff-orig-proto`), and the inbound side turns it back into HTTP/1 for the app.
     pub protocol: Protocol,
     pub upstreams: Arc<Upstreams>,
     /// Resolved once per connection so a request only touches atomics.
@@ -60,9 +69,14 @@ impl Forwarder {
         let _in_flight = self.activity.request();
         let response = match self.route_and_forward(request).await {
             Ok(response) => response,
-            Err(failure) => {
+            Err(Refusal::Failed(failure)) => {
                 self.metrics.record_failure(failure);
                 failure_response(failure)
+            }
+            Err(Refusal::Denied(denial)) => {
+                self.metrics.record_failure(Failure::Denied);
+                self.metrics.record_denial(denial.label());
+                denied_response(denial.reason())
             }
         };
         self.metrics
@@ -75,9 +89,17 @@ impl Forwarder {
     async fn route_and_forward(
         &self,
         mut request: Request<Incoming>,
-    ) -> Result<Response<ResponseBody>, Failure> {
+    ) -> Result<Response<ResponseBody>, Refusal> {
         let target = match &self.upstream {
-            Upstream::Local(addr) => return self.send(*addr, request).await,
+            Upstream::Local {
+                addr,
+                snapshot,
+                client,
+            } => {
+                authorize(&mut request, addr.port(), snapshot, client.as_deref())?;
+                let destination = Destination::plaintext(*addr);
+                return Ok(self.send(destination, request).await?);
+            }
             Upstream::Service {
                 vip,
                 target,
@@ -100,16 +122,16 @@ impl Forwarder {
             request = Request::from_parts(parts, body);
             let Some(backend) = route.pick_backend() else {
                 tracing::debug!(route = %route.id, "every backend of the route has weight zero");
-                return Err(Failure::NoBackend);
+                return Err(Failure::NoBackend.into());
             };
             (backend, Some(route))
         };
-        let addr = endpoints.pick().ok_or(Failure::NoHealthyEndpoint)?;
+        let destination = endpoints.pick().ok_or(Failure::NoHealthyEndpoint)?;
         let Some(route) = route else {
-            return self.send(addr, request).await;
+            return Ok(self.send(destination, request).await?);
         };
         modify_headers(request.headers_mut(), &route.request_headers);
-        let sent = self.send(addr, request);
+        let sent = self.send(destination, request);
         let mut response = match route.timeout {
             Some(limit) => tokio::time::timeout(limit, sent)
                 .await
@@ -120,28 +142,31 @@ impl Forwarder {
         Ok(response)
     }
 
-    /// Sends the request to `addr` on a pooled connection and returns the response head.
+    /// Sends the request to `destination` on a pooled connection and returns the response
+    /// head.
     async fn send(
         &self,
-        addr: SocketAddr,
+        destination: Destination,
         mut request: Request<Incoming>,
     ) -> Result<Response<ResponseBody>, Failure> {
+        let addr = destination.addr;
         let downstream_version = request.version();
         let upgrade = downstream_version <= Version::HTTP_11 && is_upgrade(request.headers());
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         strip_hop_by_hop(request.headers_mut(), upgrade);
-        match self.protocol {
+        match self.upstream_protocol(&mut request, &destination, upgrade) {
             Protocol::Http2 => {
                 to_absolute_form(&mut request, addr);
                 *request.version_mut() = Version::HTTP_2;
-                let response = self
+                let mut response = self
                     .upstreams
-                    .send_http2(addr, request)
+                    .send_http2(&destination, request)
                     .await
                     .map_err(|error| {
                         tracing::debug!(%addr, error = %error, "upstream http/2 request failed");
                         error.failure()
                     })?;
+                *response.version_mut() = downstream_version;
                 Ok(response.map(|body| ResponseBody::upstream(body, None)))
             }
             Protocol::Http1 | Protocol::Tcp => {
@@ -149,7 +174,7 @@ impl Forwarder {
                 *request.version_mut() = Version::HTTP_11;
                 let (mut response, checkin) = self
                     .upstreams
-                    .send_http1(addr, request)
+                    .send_http1(&destination, request)
                     .await
                     .map_err(|error| {
                         tracing::debug!(%addr, error = %error, "upstream http/1 request failed");
@@ -172,6 +197,102 @@ impl Forwarder {
             }
         }
     }
+
+    /// The HTTP version to speak upstream for this request. Between sidecars an HTTP/1
+    /// request rides the pooled HTTP/2 connection, marked so the inbound sidecar speaks
+    /// HTTP/1 to the app again; an `Upgrade` cannot ride HTTP/2 and keeps HTTP/1.
+    fn upstream_protocol(
+        &self,
+        request: &mut Request<Incoming>,
+        destination: &Destination,
+        upgrade: bool,
+    ) -> Protocol {
+        match &self.upstream {
+            Upstream::Service { .. } => {
+                let http1 = !matches!(self.protocol, Protocol::Http2);
+                if http1 && !upgrade && self.upstreams.is_mesh(destination) {
+                    request.headers_mut().insert(
+                        ORIGINAL_PROTOCOL_HEADER,
+                        HeaderValue::from_static("HTTP/1.1"),
+                    );
+                    return Protocol::Http2;
+                }
+                self.protocol
+            }
+            Upstream::Local { client, .. } => {
+                // Only a sidecar's mark counts; anyone else's is removed all the same.
+                let marked = request.headers_mut().remove(ORIGINAL_PROTOCOL_HEADER);
+                if marked.is_some() && client.is_some() {
+                    Protocol::Http1
+                } else {
+                    self.protocol
+                }
+            }
+        }
+    }
+}
+
+/// Why a request was answered by the proxy itself.
+enum Refusal {
+    Failed(Failure),
+    Denied(crate::authz::Denial),
+}
+
+impl From<Failure> for Refusal {
+    fn from(failure: Failure) -> Self {
+        Refusal::Failed(failure)
+    }
+}
+
+/// Normalises the request path (the app gets exactly the bytes that were authorised) and
+/// applies the workload's inbound policy.
+fn authorize(
+    request: &mut Request<Incoming>,
+    port: u16,
+    snapshot: &SnapshotHandle,
+    client: Option<&SpiffeId>,
+) -> Result<(), Refusal> {
+    normalize_path(request)?;
+    let snapshot = snapshot.current();
+    if !snapshot.authz.has_rules() {
+        return Ok(());
+    }
+    match snapshot
+        .authz
+        .decide_request(client, port, request.method(), request.uri().path())
+    {
+        Verdict::Allow => Ok(()),
+        Verdict::Deny(denial) => Err(Refusal::Denied(denial)),
+    }
+}
+
+/// Replaces the request's path with its normal form, or refuses a path that has none.
+fn normalize_path(request: &mut Request<Incoming>) -> Result<(), Failure> {
+    let uri = request.uri();
+    let path = uri.path();
+    // `*` (OPTIONS) and authority-form (CONNECT) targets have no path to normalise.
+    if !path.starts_with('/') {
+        return if path.is_empty() || path == "*" {
+            Ok(())
+        } else {
+            Err(Failure::InvalidPath)
+        };
+    }
+    let normal = super::path::normalize(path).map_err(|error| {
+        tracing::debug!(path, reason = error.reason(), "request path refused");
+        Failure::InvalidPath
+    })?;
+    if let std::borrow::Cow::Owned(normal) = normal {
+        let path_and_query = match uri.query() {
+            Some(query) => format!("{normal}?{query}"),
+            None => normal,
+        };
+        let mut parts = uri.clone().into_parts();
+        parts.path_and_query =
+            Some(path_and_query.parse().map_err(|_| Failure::InvalidPath)?);
+        *request.uri_mut() = Uri::from_parts(parts).map_err(|_| Failure::InvalidPath)?;
+    }
+    Ok(())
 }
 
 /// Copies bytes between both sides of an upgraded (e.g. WebSocket) connection.

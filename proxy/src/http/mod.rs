@@ -4,6 +4,7 @@
 pub mod client;
 pub mod forward;
 pub mod headers;
+pub mod path;
 pub mod server;
 
 use std::pin::Pin;
@@ -17,6 +18,10 @@ use crate::error::Failure;
 
 /// The header naming why the proxy answered a request itself (DESIGN.md §6).
 pub const ERROR_HEADER: &str = "x-skiff-error";
+
+/// On a 403 from the inbound policy: which rule denied the request (`ns/policy rule N`), or
+/// that no ALLOW rule matched.
+pub const REASON_HEADER: &str = "x-skiff-reason";
 
 /// Body of a response sent downstream: streamed from the upstream, or made by the proxy.
 pub enum ResponseBody {
@@ -105,5 +110,15 @@ pub fn failure_response(failure: Failure) -> http::Response<ResponseBody> {
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("text/plain"),
     );
+    response
+}
+
+/// The 403 the inbound policy answers with, naming the reason.
+pub fn denied_response(reason: &str) -> http::Response<ResponseBody> {
+    let mut response = failure_response(Failure::Denied);
+    if let Ok(value) = http::HeaderValue::from_str(reason) {
+        response.headers_mut().insert(REASON_HEADER, value);
+    }
+    *response.body_mut() = ResponseBody::Local(Some(Bytes::from(format!("denied: {reason}\n"))));
     response
 }
