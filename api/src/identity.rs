@@ -192,7 +192,10 @@ mod tests {
             ("spiffe://td/ns/a/sa/b?x", SpiffeError::Name("b?x".into())),
             ("spiffe://td/ns/a/sa/b#x", SpiffeError::Name("b#x".into())),
             ("spiffe://td/ns/../sa/b", SpiffeError::Name("..".into())),
-            ("spiffe://td/ns/a%2fb/sa/b", SpiffeError::Name("a%2fb".into())),
+            (
+                "spiffe://td/ns/a%2fb/sa/b",
+                SpiffeError::Name("a%2fb".into()),
+            ),
             ("spiffe://td/ns/A/sa/b", SpiffeError::Name("A".into())),
             ("spiffe://td/ns/a/sa/-b", SpiffeError::Name("-b".into())),
             ("spiffe://td/sa/a/ns/b", SpiffeError::Path),

@@ -130,13 +130,14 @@ impl App {
         identity: Option<Arc<Identity>>,
     ) -> Result<App, BindError> {
         let drain = Drain::new();
-        let upstreams = Upstreams::new(settings.client.clone(), identity.clone());
+        let metrics = Arc::new(Metrics::default());
+        let upstreams = Upstreams::new(settings.client.clone(), identity.clone(), metrics.clone());
         let control = Arc::new(ControlStatus::new(settings.from_control_plane));
         let proxy = Arc::new(Proxy {
             settings,
             snapshot: Arc::new(SnapshotHandle::new(snapshot)),
             upstreams,
-            metrics: Arc::default(),
+            metrics,
             drain: drain.signal(),
             control,
             identity,

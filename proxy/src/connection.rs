@@ -94,9 +94,7 @@ async fn serve_protocol<S>(
 {
     match protocol {
         Protocol::Tcp => match tcp_destination(&upstream) {
-            Ok(destination) => {
-                copy_to(proxy, &mut stream, &destination, activity, metrics).await
-            }
+            Ok(destination) => copy_to(proxy, &mut stream, &destination, activity, metrics).await,
             Err(Refused::Failed(failure)) => metrics.record_failure(failure),
             Err(Refused::Denied(reason)) => metrics.record_denial(reason),
         },

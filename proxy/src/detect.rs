@@ -303,7 +303,9 @@ mod tests {
             .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .unwrap();
-        let (protocol, prefix) = detect(&mut server, BytesMut::new(), Duration::from_secs(1)).await.unwrap();
+        let (protocol, prefix) = detect(&mut server, BytesMut::new(), Duration::from_secs(1))
+            .await
+            .unwrap();
         assert_eq!(protocol, Protocol::Http1);
         let mut replay = Rewind::new(prefix, server);
         drop(client);
@@ -315,7 +317,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_silent_client_is_opaque_after_the_timeout() {
         let (_client, mut server) = tokio::io::duplex(1024);
-        let (protocol, prefix) = detect(&mut server, BytesMut::new(), Duration::from_secs(1)).await.unwrap();
+        let (protocol, prefix) = detect(&mut server, BytesMut::new(), Duration::from_secs(1))
+            .await
+            .unwrap();
         assert_eq!(protocol, Protocol::Tcp);
         assert!(prefix.is_empty());
     }
@@ -324,7 +328,9 @@ mod tests {
     async fn a_partial_preface_that_stalls_is_opaque() {
         let (mut client, mut server) = tokio::io::duplex(1024);
         client.write_all(b"PRI * HT").await.unwrap();
-        let (protocol, prefix) = detect(&mut server, BytesMut::new(), Duration::from_secs(1)).await.unwrap();
+        let (protocol, prefix) = detect(&mut server, BytesMut::new(), Duration::from_secs(1))
+            .await
+            .unwrap();
         assert_eq!(protocol, Protocol::Tcp);
         assert_eq!(&prefix[..], b"PRI * HT");
     }

@@ -182,7 +182,10 @@ async fn accept_sidecar(
     proxy: &Proxy,
     stream: Rewind<TcpStream>,
     peer: SocketAddr,
-) -> Option<(tokio_rustls::server::TlsStream<Rewind<TcpStream>>, tls::Peer)> {
+) -> Option<(
+    tokio_rustls::server::TlsStream<Rewind<TcpStream>>,
+    tls::Peer,
+)> {
     let Some(identity) = &proxy.identity else {
         // Local mode: no certificate to answer with.
         tracing::debug!(%peer, "a sidecar offered mTLS, but this proxy has no identity");

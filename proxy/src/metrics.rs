@@ -316,7 +316,10 @@ impl Metrics {
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .clone();
             for (reason, count) in denials {
-                let _ = writeln!(out, "skiff_denied_total{{{labels},reason=\"{reason}\"}} {count}");
+                let _ = writeln!(
+                    out,
+                    "skiff_denied_total{{{labels},reason=\"{reason}\"}} {count}"
+                );
             }
         }
         header(

@@ -3,3 +3,5 @@
 //! whole, so a test says `skiff_tests::Mesh` or `skiff_tests::process::run`.
 
 pub use skiff_lab::*;
+
+pub mod certs;

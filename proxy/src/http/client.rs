@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::error::{classify_hyper, ConnectError, Failure};
+use crate::metrics::{Direction, Metrics};
 use crate::policy::Destination;
 use crate::tls::Identity;
 
@@ -86,6 +87,8 @@ pub struct Upstreams {
     /// This proxy's certificate; `None` (local mode without a control plane): every upstream
     /// is plaintext.
     identity: Option<Arc<Identity>>,
+    /// Counts failed mTLS handshakes with their reason.
+    metrics: Arc<Metrics>,
     idle_http1: Mutex<HashMap<PoolKey, Vec<IdleSender>>>,
     http2: Mutex<HashMap<PoolKey, http2::SendRequest<RequestBody>>>,
 }
@@ -117,10 +120,15 @@ impl Checkin {
 }
 
 impl Upstreams {
-    pub fn new(settings: ClientSettings, identity: Option<Arc<Identity>>) -> Arc<Self> {
+    pub fn new(
+        settings: ClientSettings,
+        identity: Option<Arc<Identity>>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         Arc::new(Upstreams {
             settings,
             identity,
+            metrics,
             idle_http1: Mutex::default(),
             http2: Mutex::default(),
         })
@@ -256,8 +264,16 @@ impl Upstreams {
         let handshake = crate::tls::connect(identity, stream, alpn, expected);
         match tokio::time::timeout(timeout, handshake).await {
             Ok(Ok(tls)) => Ok(UpstreamStream::Mesh(Box::new(tls))),
-            Ok(Err(source)) => Err(ConnectError::Tls { addr, source }),
-            Err(_) => Err(ConnectError::TlsTimedOut { addr, timeout }),
+            Ok(Err(source)) => {
+                self.metrics
+                    .record_handshake_failure(Direction::Outbound, source.reason());
+                Err(ConnectError::Tls { addr, source })
+            }
+            Err(_) => {
+                self.metrics
+                    .record_handshake_failure(Direction::Outbound, "timeout");
+                Err(ConnectError::TlsTimedOut { addr, timeout })
+            }
         }
     }
 

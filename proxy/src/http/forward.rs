@@ -288,8 +288,7 @@ fn normalize_path(request: &mut Request<Incoming>) -> Result<(), Failure> {
             None => normal,
         };
         let mut parts = uri.clone().into_parts();
-        parts.path_and_query =
-            Some(path_and_query.parse().map_err(|_| Failure::InvalidPath)?);
+        parts.path_and_query = Some(path_and_query.parse().map_err(|_| Failure::InvalidPath)?);
         *request.uri_mut() = Uri::from_parts(parts).map_err(|_| Failure::InvalidPath)?;
     }
     Ok(())
