@@ -94,6 +94,7 @@ pub async fn handle(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
                 return;
             };
             let client_id = Arc::new(client.id);
+            tracing::debug!(%peer, client = %client_id, alpn = %String::from_utf8_lossy(&client.alpn), "mTLS connection from a sidecar");
             let metrics = proxy.metrics.connection(
                 Direction::Inbound,
                 &service,

@@ -389,6 +389,20 @@ fn authorization_denies_one_identity_and_allows_another_for_every_spelling_of_th
             "{path} was not refused: {reply:?}"
         );
     }
+    // Absolute-form targets and an odd Host (the authority is no part of the rule), and HTTP/2
+    // with prior knowledge: the same path, the same verdict.
+    let odd = [
+        "--request-target http://echo/admin",
+        "--request-target http://echo//x/../admin -H 'Host: ADMIN'",
+        "--request-target http://localhost:8080/%61dmin -H 'Host: echo.default.svc.cluster.local.'",
+        "--http2-prior-knowledge",
+    ];
+    for flags in odd {
+        let out = s.client_a.exec(&format!(
+            "curl -s --path-as-is --max-time 10 -o /dev/null -w '%{{http_code}}' {flags} 'http://{vip}//admin/'"
+        ));
+        assert_eq!(out.stdout.trim(), "403", "curl {flags}: {out:?}");
+    }
     let deny_rule = [("direction", "inbound"), ("reason", "deny-rule")];
     assert!(s.server_sidecar.metric(DENIED, &deny_rule) >= 20.0);
 
