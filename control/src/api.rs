@@ -139,12 +139,15 @@ pub enum CertificateRefusal {
     BadCsr,
     /// A CSR naming another identity (403).
     CsrIdentity,
+    /// The workload's identity is the control plane's own, which proxies trust to configure
+    /// them: never issued to a workload (403).
+    ReservedIdentity,
     /// Signing failed (500).
     Internal,
 }
 
 impl CertificateRefusal {
-    pub const ALL: [CertificateRefusal; 10] = [
+    pub const ALL: [CertificateRefusal; 11] = [
         CertificateRefusal::BadRequest,
         CertificateRefusal::NoPolicy,
         CertificateRefusal::NoCredentials,
@@ -154,6 +157,7 @@ impl CertificateRefusal {
         CertificateRefusal::OtherIdentity,
         CertificateRefusal::BadCsr,
         CertificateRefusal::CsrIdentity,
+        CertificateRefusal::ReservedIdentity,
         CertificateRefusal::Internal,
     ];
 
@@ -165,9 +169,9 @@ impl CertificateRefusal {
             | CertificateRefusal::UnknownWorkload
             | CertificateRefusal::NoBootstrapToken
             | CertificateRefusal::WrongToken => StatusCode::UNAUTHORIZED,
-            CertificateRefusal::OtherIdentity | CertificateRefusal::CsrIdentity => {
-                StatusCode::FORBIDDEN
-            }
+            CertificateRefusal::OtherIdentity
+            | CertificateRefusal::CsrIdentity
+            | CertificateRefusal::ReservedIdentity => StatusCode::FORBIDDEN,
             CertificateRefusal::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -183,6 +187,7 @@ impl CertificateRefusal {
             CertificateRefusal::OtherIdentity => "other-identity",
             CertificateRefusal::BadCsr => "bad-csr",
             CertificateRefusal::CsrIdentity => "csr-identity",
+            CertificateRefusal::ReservedIdentity => "reserved-identity",
             CertificateRefusal::Internal => "internal",
         }
     }
@@ -197,6 +202,8 @@ enum CertificateError {
     Refused(Refusal),
     #[error(transparent)]
     Csr(CsrError),
+    #[error("{0} is the control plane's own identity; no workload may have it")]
+    Reserved(SpiffeId),
 }
 
 impl CertificateError {
@@ -211,6 +218,7 @@ impl CertificateError {
                 Refusal::WrongToken(_) => CertificateRefusal::WrongToken,
                 Refusal::OtherIdentity { .. } => CertificateRefusal::OtherIdentity,
             },
+            CertificateError::Reserved(_) => CertificateRefusal::ReservedIdentity,
             CertificateError::Csr(CsrError::Identity { .. }) => CertificateRefusal::CsrIdentity,
             CertificateError::Csr(CsrError::Sign(_)) => CertificateRefusal::Internal,
             CertificateError::Csr(_) => CertificateRefusal::BadCsr,
@@ -341,6 +349,15 @@ async fn respond(
         }
         return open_stream(request, client, control, shutdown).await;
     }
+    // What every proxy runs (its authorization rules included) is for workloads of the mesh;
+    // the admin port serves the same to operators.
+    if client.is_none() {
+        return text(
+            StatusCode::UNAUTHORIZED,
+            "a client certificate is required\n",
+        )
+        .map(BodyExt::boxed);
+    }
     status_response(&control.proxies, &request)
         .unwrap_or_else(|| text(StatusCode::NOT_FOUND, "not found\n"))
         .map(BodyExt::boxed)
@@ -364,7 +381,14 @@ async fn certificate(
                 %error,
                 "certificate refused"
             );
-            return text(kind.status(), format!("{error}\n"));
+            // Who is unknown, tokenless or mistaken stays in the log: an unauthenticated
+            // caller learns nothing about the workloads.
+            let body = if kind.status() == StatusCode::UNAUTHORIZED {
+                "unauthorized\n".to_string()
+            } else {
+                format!("{error}\n")
+            };
+            return text(kind.status(), body);
         }
     };
     control.metrics.certificate_issued();
@@ -425,6 +449,12 @@ async fn issue_certificate(
         )
         .await
     {
+        Ok(identity) if identity == control.identity() => {
+            return (
+                Some(asked.workload),
+                Err(CertificateError::Reserved(identity)),
+            )
+        }
         Ok(identity) => identity,
         Err(refusal) => {
             return (

@@ -158,7 +158,7 @@ mod tests {
 apiVersion: skiff.dev/v1alpha1
 kind: Workload
 metadata: {name: web, namespace: shop}
-spec: {serviceAccount: web-sa, bootstrapToken: s3cret}
+spec: {serviceAccount: web-sa, bootstrapToken: s3cret-bootstrap-token}
 ---
 apiVersion: skiff.dev/v1alpha1
 kind: Workload
@@ -193,11 +193,11 @@ spec: {serviceAccount: db}
                 }
             };
         assert_eq!(
-            check(web.clone(), Some("s3cret"), None).await,
+            check(web.clone(), Some("s3cret-bootstrap-token"), None).await,
             Ok(web_id.clone())
         );
         assert_eq!(
-            check(web.clone(), Some("s3cret!"), None).await,
+            check(web.clone(), Some("s3cret-bootstrap-token!"), None).await,
             Err(Refusal::WrongToken(web.clone()))
         );
         assert_eq!(
@@ -229,7 +229,7 @@ spec: {serviceAccount: db}
         // A workload without a token renews only.
         let db = workload("shop", "db");
         assert_eq!(
-            check(db.clone(), Some("s3cret"), None).await,
+            check(db.clone(), Some("s3cret-bootstrap-token"), None).await,
             Err(Refusal::NoBootstrapToken(db.clone()))
         );
         assert_eq!(
@@ -239,7 +239,7 @@ spec: {serviceAccount: db}
         // An undeclared workload has the default service account and no token.
         let ghost = workload("shop", "ghost");
         assert_eq!(
-            check(ghost.clone(), Some("s3cret"), None).await,
+            check(ghost.clone(), Some("s3cret-bootstrap-token"), None).await,
             Err(Refusal::UnknownWorkload(ghost.clone()))
         );
         let default = SpiffeId::new("td", "shop", "default");

@@ -255,6 +255,8 @@ impl PathRule {
     fn matches(&self, path: &str) -> bool {
         match self {
             PathRule::Exact(exact) => path == exact,
+            // `PathPrefix: /` covers every request target, `OPTIONS *` included.
+            PathRule::Prefix(prefix) if prefix.is_empty() => true,
             PathRule::Prefix(prefix) => {
                 path.starts_with(prefix.as_str())
                     && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/'))
@@ -563,6 +565,20 @@ mod tests {
                 ..InboundSecurity::default()
             };
             assert!(InboundAuthz::new(&security).has_rules());
+        }
+    }
+
+    #[test]
+    fn a_prefix_of_slash_covers_every_request_target() {
+        let mut deny = rule("deny-all");
+        deny.paths = vec![AuthorizationPath::Prefix("/".to_string())];
+        let authz = InboundAuthz::new(&InboundSecurity {
+            rules: vec![deny],
+            ..InboundSecurity::default()
+        });
+        for target in ["/", "/x", "*"] {
+            let verdict = authz.decide_request(None, 80, &http::Method::OPTIONS, target);
+            assert!(matches!(verdict, Verdict::Deny(_)), "{target}");
         }
     }
 

@@ -67,6 +67,12 @@ pub async fn handle(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
             return;
         }
     };
+    // Until the first configuration arrives the proxy cannot know the workload's policy:
+    // refusing is the only answer that cannot be wrong (the pod is not ready yet anyway).
+    if !proxy.control.is_ready() {
+        tracing::debug!(%peer, %original_dst, "inbound connection refused: no configuration yet");
+        return;
+    }
     let (service, decision, mode) = {
         let snapshot = proxy.snapshot.current();
         let (service, decision) =

@@ -4,6 +4,9 @@
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 
+/// Shortest bootstrap token accepted: anyone who can reach the control plane may try tokens.
+pub const MIN_BOOTSTRAP_TOKEN_BYTES: usize = 16;
+
 use super::{fields, has_errors, key_of, Known, Lookup};
 use crate::config::AppProtocol;
 use crate::document::Located;
@@ -45,11 +48,16 @@ pub(super) fn workloads(list: &[Located<Workload>], problems: &mut Vec<Problem>)
             owners.insert(ip, (key.clone(), workload.place(&path)));
             addresses.push(ip);
         }
-        if spec.bootstrap_token.as_deref() == Some("") {
-            found.push(workload.error(
-                "spec.bootstrapToken",
-                "must not be empty; leave the field out if the workload has no token",
-            ));
+        if let Some(token) = spec.bootstrap_token.as_deref() {
+            if token.len() < MIN_BOOTSTRAP_TOKEN_BYTES {
+                found.push(workload.error(
+                    "spec.bootstrapToken",
+                    format!(
+                        "must be at least {MIN_BOOTSTRAP_TOKEN_BYTES} characters, so it cannot \
+                         be guessed; leave the field out if the workload has no token"
+                    ),
+                ));
+            }
         }
         let outcome = (!has_errors(&found)).then(|| {
             workload.with(policy::Workload {

@@ -24,12 +24,17 @@ spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}
 apiVersion: skiff.dev/v1alpha1
 kind: Workload
 metadata: {name: web, namespace: shop}
-spec: {serviceAccount: web, bootstrapToken: web-token, addresses: [10.0.0.5]}
+spec: {serviceAccount: web, bootstrapToken: web-bootstrap-token, addresses: [10.0.0.5]}
 ---
 apiVersion: skiff.dev/v1alpha1
 kind: Workload
 metadata: {name: db, namespace: shop}
-spec: {serviceAccount: db, bootstrapToken: db-token}
+spec: {serviceAccount: db, bootstrapToken: db-bootstrap-token}
+---
+apiVersion: skiff.dev/v1alpha1
+kind: Workload
+metadata: {name: impostor, namespace: skiff-system}
+spec: {serviceAccount: skiff-control, bootstrapToken: impostor-bootstrap-token}
 ";
 
 fn workload(name: &str) -> WorkloadRef {
@@ -189,7 +194,7 @@ async fn a_proxy_gets_and_renews_its_certificate_and_nothing_else() {
         &mut anonymous,
         &workload("web"),
         web.csr(),
-        Some("web-token"),
+        Some("web-bootstrap-token"),
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -210,28 +215,28 @@ async fn a_proxy_gets_and_renews_its_certificate_and_nothing_else() {
         (
             workload("web"),
             web.csr(),
-            Some("db-token"),
+            Some("db-bootstrap-token"),
             StatusCode::UNAUTHORIZED,
-            "wrong bootstrap token",
+            "unauthorized",
         ),
         (
             workload("web"),
             web.csr(),
             None,
             StatusCode::UNAUTHORIZED,
-            "no bearer token",
+            "unauthorized",
         ),
         (
             workload("ghost"),
             web.csr(),
-            Some("web-token"),
+            Some("web-bootstrap-token"),
             StatusCode::UNAUTHORIZED,
-            "not declared",
+            "unauthorized",
         ),
         (
             workload("web"),
             "garbage".into(),
-            Some("web-token"),
+            Some("web-bootstrap-token"),
             StatusCode::BAD_REQUEST,
             "PEM",
         ),
@@ -247,9 +252,19 @@ async fn a_proxy_gets_and_renews_its_certificate_and_nothing_else() {
                 )];
                 params.serialize_request(&web.key).unwrap().pem().unwrap()
             },
-            Some("web-token"),
+            Some("web-bootstrap-token"),
             StatusCode::FORBIDDEN,
             "asks for spiffe://cluster.local/ns/shop/sa/db",
+        ),
+        (
+            WorkloadRef {
+                namespace: "skiff-system".into(),
+                name: "impostor".into(),
+            },
+            web.csr(),
+            Some("impostor-bootstrap-token"),
+            StatusCode::FORBIDDEN,
+            "the control plane's own identity",
         ),
     ];
     for (workload, csr, token, expected, reason) in refusals {
@@ -371,9 +386,9 @@ async fn open(sender: &mut Sender, workload: &WorkloadRef) -> (StatusCode, Strin
 async fn a_stream_needs_the_certificate_of_the_workload_it_names() {
     let running = start().await;
     let mut web = ProxyKey::new();
-    bootstrap(&running, &mut web, "web", "web-token").await;
+    bootstrap(&running, &mut web, "web", "web-bootstrap-token").await;
     let mut db = ProxyKey::new();
-    bootstrap(&running, &mut db, "db", "db-token").await;
+    bootstrap(&running, &mut db, "db", "db-bootstrap-token").await;
 
     let (mut as_web, _) = connect(&running, Some(&web)).await.unwrap();
     let (status, body) = open(&mut as_web, &workload("web")).await;

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{header, uri, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{header, uri, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -209,6 +209,8 @@ impl Forwarder {
     ) -> Protocol {
         match &self.upstream {
             Upstream::Service { .. } => {
+                // Only this proxy may mark a request: an app's own mark is not passed on.
+                request.headers_mut().remove(ORIGINAL_PROTOCOL_HEADER);
                 let http1 = !matches!(self.protocol, Protocol::Http2);
                 if http1 && !upgrade && self.upstreams.is_mesh(destination) {
                     request.headers_mut().insert(
@@ -268,15 +270,15 @@ fn authorize(
 
 /// Replaces the request's path with its normal form, or refuses a path that has none.
 fn normalize_path(request: &mut Request<Incoming>) -> Result<(), Failure> {
+    // A CONNECT tunnel to the app would carry requests no rule sees; `*` only means
+    // something to OPTIONS.
+    if request.method() == Method::CONNECT {
+        return Err(Failure::InvalidPath);
+    }
     let uri = request.uri();
     let path = uri.path();
-    // `*` (OPTIONS) and authority-form (CONNECT) targets have no path to normalise.
-    if !path.starts_with('/') {
-        return if path.is_empty() || path == "*" {
-            Ok(())
-        } else {
-            Err(Failure::InvalidPath)
-        };
+    if path == "*" && request.method() == Method::OPTIONS {
+        return Ok(());
     }
     let normal = super::path::normalize(path).map_err(|error| {
         tracing::debug!(path, reason = error.reason(), "request path refused");

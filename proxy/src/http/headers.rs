@@ -78,8 +78,16 @@ fn needs_stripping(name: &HeaderName, value: &HeaderValue) -> bool {
 }
 
 /// Whether an HTTP/1 request asks to switch protocols (`Connection: upgrade` + `Upgrade`).
+/// An upgrade to `h2c` is not one the proxy carries: behind it the app would speak HTTP/2 to
+/// the client directly, and no later request would be routed or authorised ("h2c
+/// smuggling"); its headers are removed as hop-by-hop, as Envoy does by default.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
+    let to_h2c = headers.get_all(header::UPGRADE).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("h2c")))
+    });
+    !to_h2c
+        && headers.contains_key(header::UPGRADE)
         && headers
             .get_all(header::CONNECTION)
             .iter()
@@ -155,6 +163,22 @@ mod tests {
         assert_eq!(map["connection"], "upgrade");
         assert_eq!(map["upgrade"], "websocket");
         assert_eq!(map["sec-websocket-key"], "k");
+    }
+
+    #[test]
+    fn an_upgrade_to_h2c_is_not_carried() {
+        let mut h = headers(&[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+        ]);
+        h.insert(
+            "http2-settings",
+            HeaderValue::from_static("AAMAAABkAAQAoAAAAAIAAAAA"),
+        );
+        let upgrade = is_upgrade(&h);
+        assert!(!upgrade);
+        strip_hop_by_hop(&mut h, upgrade);
+        assert!(h.is_empty(), "{h:?}");
     }
 
     #[test]

@@ -84,13 +84,19 @@ pub enum IssueError {
 
 impl CertificateClient {
     /// Asks for a certificate once. `current` is the identity in force when renewing: its
-    /// certificate authenticates the request and its SPIFFE ID goes in the CSR.
+    /// SPIFFE ID goes in the CSR and, while it is still valid, its certificate alone
+    /// authenticates the request (the token is not sent). An expired certificate would fail
+    /// the handshake, so then the token authenticates, as at start.
     pub async fn request(
         &self,
         current: Option<&Arc<Identity>>,
     ) -> Result<Credentials, IssueError> {
-        let token = self.read_token(current.is_some())?;
-        if token.is_none() && current.is_none() {
+        let valid = current.filter(|identity| identity.not_after() > SystemTime::now());
+        let token = match valid {
+            Some(_) => None,
+            None => self.read_token()?,
+        };
+        if token.is_none() && valid.is_none() {
             return Err(IssueError::NoCredentials);
         }
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(IssueError::Csr)?;
@@ -102,16 +108,15 @@ impl CertificateClient {
         .expect("a certificate request serializes");
         let answer = tokio::time::timeout(
             REQUEST_TIMEOUT,
-            self.exchange(current, token.as_deref(), body),
+            self.exchange(valid, token.as_deref(), body),
         )
         .await
         .map_err(|_| IssueError::Timeout)??;
         self.credentials(answer, key)
     }
 
-    /// The bootstrap token, re-read from its file. On renewal an unreadable token is not an
-    /// error: the certificate authenticates.
-    fn read_token(&self, renewing: bool) -> Result<Option<String>, IssueError> {
+    /// The bootstrap token, re-read from its file (Kubernetes rotates projected tokens).
+    fn read_token(&self) -> Result<Option<String>, IssueError> {
         let Some(path) = &self.token_file else {
             return Ok(None);
         };
@@ -119,10 +124,6 @@ impl CertificateClient {
             Ok(token) => {
                 let token = token.trim();
                 Ok((!token.is_empty()).then(|| token.to_string()))
-            }
-            Err(error) if renewing => {
-                tracing::debug!(path = %path.display(), %error, "bootstrap token unreadable; renewing with the certificate alone");
-                Ok(None)
             }
             Err(error) => Err(IssueError::Token {
                 path: path.clone(),

@@ -132,24 +132,13 @@ fn the_token_is_read_at_every_request() {
     let mut client = client(&root);
     let path = std::env::temp_dir().join(format!("skiff-token-{}", std::process::id()));
     client.token_file = Some(path.clone());
-    assert!(matches!(
-        client.read_token(false),
-        Err(IssueError::Token { .. })
-    ));
-    assert_eq!(
-        client.read_token(true).unwrap(),
-        None,
-        "renewal goes on without"
-    );
+    assert!(matches!(client.read_token(), Err(IssueError::Token { .. })));
     std::fs::write(&path, "first\n").unwrap();
-    assert_eq!(client.read_token(false).unwrap().as_deref(), Some("first"));
+    assert_eq!(client.read_token().unwrap().as_deref(), Some("first"));
     std::fs::write(&path, "rotated").unwrap();
-    assert_eq!(
-        client.read_token(false).unwrap().as_deref(),
-        Some("rotated")
-    );
+    assert_eq!(client.read_token().unwrap().as_deref(), Some("rotated"));
     std::fs::write(&path, "  \n").unwrap();
-    assert_eq!(client.read_token(false).unwrap(), None);
+    assert_eq!(client.read_token().unwrap(), None);
     let _ = std::fs::remove_file(&path);
 }
 
