@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end tests and the demo need on a fresh Debian machine: iptables,
 # iproute2 (ip netns), curl, h2load (nghttp2-client), setpriv (util-linux), openssl (s_client
-# against the inbound port), tcpdump (to see that sidecars speak TLS on the wire), and the Python
-# venv with grpcio, websockets and h2. Idempotent: a machine that has everything installs nothing.
+# against the inbound port), tcpdump (to see that sidecars speak TLS on the wire), prometheus
+# and promtool (a real server scrapes the sidecars), and the Python venv with grpcio, websockets
+# and h2. Idempotent: a machine that has everything installs nothing.
 set -euo pipefail
 
 missing=()
-for tool in iptables:iptables ip:iproute2 curl:curl h2load:nghttp2-client setpriv:util-linux pgrep:procps openssl:openssl tcpdump:tcpdump; do
+for tool in iptables:iptables ip:iproute2 curl:curl h2load:nghttp2-client setpriv:util-linux pgrep:procps openssl:openssl tcpdump:tcpdump prometheus:prometheus promtool:prometheus; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool##*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
