@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use crate::app::Proxy;
 use crate::authz::Verdict;
 use crate::detect::{self, Decision, Protocol, Rewind};
-use crate::error::Failure;
+use crate::error::{Failure, NotForwarded};
 use crate::http::client::UpstreamStream;
 use crate::http::forward::{Forwarder, Upstream};
 use crate::idle::{Activity, Tracked};
@@ -95,8 +95,8 @@ async fn serve_protocol<S>(
     match protocol {
         Protocol::Tcp => match tcp_destination(&upstream) {
             Ok(destination) => copy_to(proxy, &mut stream, &destination, activity, metrics).await,
-            Err(Refused::Failed(failure)) => metrics.record_failure(failure),
-            Err(Refused::Denied(reason)) => metrics.record_denial(reason),
+            Err(NotForwarded::Failed(failure)) => metrics.record_failure(failure),
+            Err(NotForwarded::Denied(denial)) => metrics.record_denial(denial.label()),
         },
         Protocol::Http1 | Protocol::Http2 => {
             let forwarder = Arc::new(Forwarder {
@@ -119,20 +119,13 @@ async fn serve_protocol<S>(
     }
 }
 
-/// Why an opaque connection is not forwarded.
-enum Refused {
-    Failed(Failure),
-    /// The inbound policy denies the connection; the metric label says why.
-    Denied(&'static str),
-}
-
 /// The endpoint an opaque connection goes to: one pick per connection. Inbound, the
 /// connection is authorised first (no HTTP request to look at: port and identity only).
-fn tcp_destination(upstream: &Upstream) -> Result<Destination, Refused> {
+fn tcp_destination(upstream: &Upstream) -> Result<Destination, NotForwarded> {
     match upstream {
         Upstream::Service { target, .. } => target.pick_endpoint().ok_or_else(|| {
             tracing::debug!(service = %target.name, "no ready endpoint for tcp connection");
-            Refused::Failed(Failure::NoHealthyEndpoint)
+            NotForwarded::Failed(Failure::NoHealthyEndpoint)
         }),
         Upstream::Local {
             addr,
@@ -146,7 +139,7 @@ fn tcp_destination(upstream: &Upstream) -> Result<Destination, Refused> {
             Verdict::Allow => Ok(Destination::plaintext(*addr)),
             Verdict::Deny(denial) => {
                 tracing::debug!(%addr, client = ?client, reason = denial.reason(), "tcp connection denied");
-                Err(Refused::Denied(denial.label()))
+                Err(NotForwarded::Denied(denial))
             }
         },
     }

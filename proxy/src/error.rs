@@ -66,6 +66,20 @@ impl Failure {
     }
 }
 
+/// Why the proxy did not forward a request or connection: something failed, or the inbound
+/// policy denied it (answered 403 with the denial's reason, or the connection closed).
+#[derive(Debug)]
+pub enum NotForwarded {
+    Failed(Failure),
+    Denied(crate::authz::Denial),
+}
+
+impl From<Failure> for NotForwarded {
+    fn from(failure: Failure) -> Self {
+        NotForwarded::Failed(failure)
+    }
+}
+
 /// An upstream connection attempt that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {

@@ -17,7 +17,7 @@ use super::{denied_response, failure_response, ResponseBody};
 use crate::authz::Verdict;
 use crate::detect::Protocol;
 use crate::drain::DrainSignal;
-use crate::error::Failure;
+use crate::error::{Failure, NotForwarded};
 use crate::idle::Activity;
 use crate::metrics::ServiceMetrics;
 use crate::policy::{Destination, ServiceTarget, SnapshotHandle};
@@ -69,11 +69,11 @@ impl Forwarder {
         let _in_flight = self.activity.request();
         let response = match self.route_and_forward(request).await {
             Ok(response) => response,
-            Err(Refusal::Failed(failure)) => {
+            Err(NotForwarded::Failed(failure)) => {
                 self.metrics.record_failure(failure);
                 failure_response(failure)
             }
-            Err(Refusal::Denied(denial)) => {
+            Err(NotForwarded::Denied(denial)) => {
                 self.metrics.record_failure(Failure::Denied);
                 self.metrics.record_denial(denial.label());
                 denied_response(denial.reason())
@@ -89,7 +89,7 @@ impl Forwarder {
     async fn route_and_forward(
         &self,
         mut request: Request<Incoming>,
-    ) -> Result<Response<ResponseBody>, Refusal> {
+    ) -> Result<Response<ResponseBody>, NotForwarded> {
         let target = match &self.upstream {
             Upstream::Local {
                 addr,
@@ -234,18 +234,6 @@ impl Forwarder {
     }
 }
 
-/// Why a request was answered by the proxy itself.
-enum Refusal {
-    Failed(Failure),
-    Denied(crate::authz::Denial),
-}
-
-impl From<Failure> for Refusal {
-    fn from(failure: Failure) -> Self {
-        Refusal::Failed(failure)
-    }
-}
-
 /// Normalises the request path (the app gets exactly the bytes that were authorised) and
 /// applies the workload's inbound policy.
 fn authorize(
@@ -253,7 +241,7 @@ fn authorize(
     port: u16,
     snapshot: &SnapshotHandle,
     client: Option<&SpiffeId>,
-) -> Result<(), Refusal> {
+) -> Result<(), NotForwarded> {
     normalize_path(request)?;
     let snapshot = snapshot.current();
     if !snapshot.authz.has_rules() {
@@ -264,7 +252,7 @@ fn authorize(
         .decide_request(client, port, request.method(), request.uri().path())
     {
         Verdict::Allow => Ok(()),
-        Verdict::Deny(denial) => Err(Refusal::Denied(denial)),
+        Verdict::Deny(denial) => Err(NotForwarded::Denied(denial)),
     }
 }
 
