@@ -2,6 +2,7 @@
 //! every value parsed. Built only by [`crate::load`], so holding a [`Policy`] means holding a
 //! policy without errors. The per-proxy view ([`crate::proxy_config`]) is computed from it.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -131,6 +132,8 @@ pub struct Workload {
     pub addresses: Vec<IpAddr>,
     /// What a proxy of this workload presents to get its first certificate in file mode.
     pub bootstrap_token: Option<String>,
+    /// `metadata.labels`, keys and values checked: what InboundPolicy selectors match.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// An HTTPRoute attached to Services.
@@ -207,9 +210,9 @@ pub struct TrafficPolicy {
 pub struct InboundPolicy {
     /// Names the policy in messages, and in the reason a request is denied.
     pub key: ObjectKey,
-    /// The Workload it applies to (same namespace as the policy); `None`: every workload of
-    /// the policy's namespace.
-    pub workload: Option<ObjectKey>,
+    /// Which workloads of the policy's namespace it applies to, and so whether its modes win
+    /// over the namespace-wide ones.
+    pub target: InboundTarget,
     /// `spec.mtls.mode`; `None` when unset, so that a policy with a target inherits the
     /// namespace-wide mode (and PERMISSIVE when none sets one).
     pub mode: Option<MtlsMode>,
@@ -217,6 +220,76 @@ pub struct InboundPolicy {
     pub port_modes: Vec<PortMode>,
     /// `spec.rules`, in the order written.
     pub rules: Vec<AuthorizationRule>,
+}
+
+/// Which workloads of its namespace an [`InboundPolicy`] applies to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InboundTarget {
+    /// No `targetRef` and no selector, or an empty one: every workload of the namespace, even
+    /// one not declared as a Workload. Such a policy is **namespace-wide**.
+    Namespace,
+    /// `spec.targetRef`: one Workload (which exists). Such a policy is **targeted**.
+    Workload(ObjectKey),
+    /// `spec.selector` with at least one requirement: the declared Workloads whose labels it
+    /// matches. Such a policy is **targeted** for each of them.
+    Selector(LabelSelector),
+}
+
+impl InboundTarget {
+    /// Whether this is a targeted attachment of `workload` (by name, or by its labels), as
+    /// opposed to a namespace-wide one or none. The namespace is the caller's to check.
+    pub fn targets(&self, workload: &Workload) -> bool {
+        match self {
+            InboundTarget::Namespace => false,
+            InboundTarget::Workload(key) => *key == workload.key,
+            InboundTarget::Selector(selector) => selector.matches(&workload.labels),
+        }
+    }
+}
+
+/// A Kubernetes label selector, checked: every requirement must hold. `matchLabels` entries
+/// come first (each as `key In [value]`, by key), then `matchExpressions` in the order written.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LabelSelector {
+    pub requirements: Vec<LabelRequirement>,
+}
+
+impl LabelSelector {
+    /// Whether a workload with `labels` is selected; an empty selector selects every one.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.requirements.iter().all(|r| r.matches(labels))
+    }
+}
+
+/// One requirement on one label.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabelRequirement {
+    /// A valid label key.
+    pub key: String,
+    pub operator: LabelOperator,
+}
+
+impl LabelRequirement {
+    /// Kubernetes' semantics: `NotIn` and `DoesNotExist` hold for a workload without the label.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        let value = labels.get(&self.key);
+        match &self.operator {
+            LabelOperator::In(values) => value.is_some_and(|v| values.contains(v)),
+            LabelOperator::NotIn(values) => value.is_none_or(|v| !values.contains(v)),
+            LabelOperator::Exists => value.is_some(),
+            LabelOperator::DoesNotExist => value.is_none(),
+        }
+    }
+}
+
+/// How a [`LabelRequirement`] compares its label; `In` and `NotIn` hold at least one valid
+/// label value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LabelOperator {
+    In(Vec<String>),
+    NotIn(Vec<String>),
+    Exists,
+    DoesNotExist,
 }
 
 /// One authorization rule, every value checked so that the rule can match something. Each

@@ -4,8 +4,11 @@
 //! - [`Workload`]: a pod's identity in file mode (in a cluster the Pod itself plays this part).
 //! - [`TrafficPolicy`]: how callers treat a Service (connect timeout now; retry budget, outlier
 //!   detection, circuit breaking and more arrive with the resilience issue).
-//! - [`InboundPolicy`]: how a workload (or every workload of a namespace) treats incoming
-//!   connections: the mTLS mode, per port if need be, and authorization rules.
+//! - [`InboundPolicy`]: how a workload (one by name, those a label selector picks, or every
+//!   workload of a namespace) treats incoming connections: the mTLS mode, per port if need be,
+//!   and authorization rules.
+
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
@@ -26,7 +29,8 @@ pub struct Workload {
     pub api_version: String,
     /// `Workload`.
     pub kind: String,
-    /// Name and namespace; a `targetRef` names the object in the policy's namespace.
+    /// Name and namespace; a `targetRef` names the object in the policy's namespace. Its
+    /// `labels` are what an InboundPolicy's `selector` matches.
     pub metadata: ObjectMeta,
     pub spec: WorkloadSpec,
 }
@@ -99,8 +103,8 @@ fn service_kind() -> String {
     "Service".to_string()
 }
 
-/// `InboundPolicy`: how a workload, or every workload of the policy's namespace, treats incoming
-/// connections. docs/policy.md says how several of them merge and how rules are evaluated.
+/// `InboundPolicy`: how a workload, the workloads a label selector picks, or every workload of
+/// the policy's namespace, treats incoming connections. docs/policy.md says how several of them merge and how rules are evaluated.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct InboundPolicy {
@@ -119,12 +123,18 @@ pub struct InboundPolicy {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct InboundPolicySpec {
-    /// The Workload (in the policy's namespace) this policy applies to. Default: none, and the
-    /// policy applies to every workload of its namespace.
+    /// The Workload (in the policy's namespace) this policy applies to. Default: none; then
+    /// `selector` decides, and without one the policy applies to every workload of its
+    /// namespace. Not together with `selector`.
     #[serde(default)]
     pub target_ref: Option<WorkloadTargetRef>,
+    /// The Workloads of the policy's namespace this policy applies to, by their labels.
+    /// Default: none (see `target_ref`); an empty selector `{}` selects every workload of the
+    /// namespace, exactly as no selector does. Not together with `target_ref`.
+    #[serde(default)]
+    pub selector: Option<LabelSelector>,
     /// Whether plaintext is accepted. Default: the mode of the namespace-wide policies for a
-    /// policy with a `targetRef`, else `PERMISSIVE`.
+    /// policy with a `targetRef` or a `selector`, else `PERMISSIVE`.
     #[serde(default)]
     pub mtls: Mtls,
     /// Who may call the workload. Default: none; then every caller the mTLS mode admits may.
@@ -146,6 +156,46 @@ pub struct WorkloadTargetRef {
     pub name: String,
 }
 
+/// `spec.selector`: Kubernetes' `LabelSelector`. Every requirement must hold; an empty selector
+/// matches every workload.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LabelSelector {
+    /// Label key → value the workload must carry (each the requirement `key In [value]`).
+    /// Default: none.
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+    /// Further requirements, all of which must hold. Default: none.
+    #[serde(default)]
+    pub match_expressions: Vec<LabelSelectorRequirement>,
+}
+
+/// `spec.selector.matchExpressions[]`: one requirement on one label.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LabelSelectorRequirement {
+    /// The label key (an optional DNS-subdomain prefix and `/`, then a name). Required.
+    pub key: String,
+    /// How the label is compared with `values`. Required.
+    pub operator: LabelSelectorOperator,
+    /// At least one for `In` and `NotIn`; none for `Exists` and `DoesNotExist`. Default: none.
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+/// `spec.selector.matchExpressions[].operator`, spelled as Kubernetes spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum LabelSelectorOperator {
+    /// The workload has the label, with one of the values.
+    In,
+    /// The workload lacks the label, or has it with none of the values.
+    NotIn,
+    /// The workload has the label, whatever its value.
+    Exists,
+    /// The workload lacks the label.
+    DoesNotExist,
+}
+
 fn skiff_group() -> String {
     GROUP.to_string()
 }
@@ -159,8 +209,8 @@ fn workload_kind() -> String {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Mtls {
     /// The mode of every port not in `ports`. Default: unset, which means the namespace-wide
-    /// policies' mode for a policy with a `targetRef`, else `PERMISSIVE`. Unset also means it
-    /// cannot conflict with another policy of the same target.
+    /// policies' mode for a policy with a `targetRef` or a `selector`, else `PERMISSIVE`. Unset
+    /// also means it cannot conflict with another policy of the same workloads.
     #[serde(default)]
     pub mode: Option<MtlsMode>,
     /// Exceptions to `mode`, one per port. Default: none.

@@ -19,9 +19,9 @@
 //! and for those clients it replaces the producer routes of that Service port.
 //!
 //! **Inbound security** merges the InboundPolicies of the workload's namespace that have no
-//! target with those targeting the workload: a targeted policy's mode wins over the
-//! namespace's (per port too), and the rules add up, the namespace's first (see
-//! [`inbound_security`]).
+//! target with those targeting the workload, by `targetRef` or by a selector matching its
+//! labels: a targeted policy's mode wins over the namespace's (per port too), and the rules
+//! add up, the namespace's first (see [`inbound_security`]).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
@@ -33,8 +33,8 @@ use crate::config::{
 };
 use crate::identity::SpiffeId;
 use crate::policy::{
-    HttpRoute, InboundPolicy, MtlsMode, ObjectKey, Policy, RouteRule, Service, ServicePort,
-    Timestamp, Transport,
+    HttpRoute, InboundPolicy, InboundTarget, MtlsMode, ObjectKey, Policy, RouteRule, Service,
+    ServicePort, Timestamp, Transport,
 };
 
 /// The configuration of the proxy of `workload`, whose pod has `pod_ips`, in a mesh whose
@@ -116,30 +116,34 @@ fn ready_endpoints(policy: &Policy, port: &ServicePort, trust_domain: &str) -> V
         .collect()
 }
 
-/// Who may call `workload`, and whether it accepts plaintext: the InboundPolicies of its
-/// namespace without a target, merged with those targeting it.
+/// Who may call `workload`, and whether it accepts plaintext: the namespace-wide
+/// InboundPolicies of its namespace (no `targetRef`, no selector or an empty one), merged with
+/// the targeted ones — those whose `targetRef` names it and those whose selector matches its
+/// labels. A workload that is not declared has no labels, and no selector picks it.
 ///
 /// - `mode`: the one the targeted policies set, else the one the namespace-wide policies set,
-///   else PERMISSIVE (validation makes the policies of one target agree).
+///   else PERMISSIVE (validation makes the policies that apply to one workload agree).
 /// - `port_modes`: the namespace-wide entries, replaced port by port by the targeted ones;
 ///   an entry equal to `mode` is left out. Sorted by port.
-/// - `rules`: every rule of every policy, namespace-wide policies first, then targeted ones,
-///   each group by policy `namespace/name`, each policy's rules in order.
+/// - `rules`: every rule of every policy, namespace-wide policies first, then targeted ones
+///   (by `targetRef` and by selector together), each group by policy `namespace/name`, each
+///   policy's rules in order.
 pub fn inbound_security(policy: &Policy, workload: &WorkloadRef) -> InboundSecurity {
     let me = ObjectKey::new(&workload.namespace, &workload.name);
+    let declared = policy.workload(&me);
     let in_namespace = |p: &&InboundPolicy| p.key.namespace == workload.namespace;
     // `inbound_policies` is sorted by key, so each group is too.
     let namespace_wide: Vec<&InboundPolicy> = policy
         .inbound_policies
         .iter()
         .filter(in_namespace)
-        .filter(|p| p.workload.is_none())
+        .filter(|p| p.target == InboundTarget::Namespace)
         .collect();
     let targeted: Vec<&InboundPolicy> = policy
         .inbound_policies
         .iter()
         .filter(in_namespace)
-        .filter(|p| p.workload.as_ref() == Some(&me))
+        .filter(|p| declared.is_some_and(|w| p.target.targets(w)))
         .collect();
     let mode_of = |group: &[&InboundPolicy]| group.iter().find_map(|p| p.mode);
     let mode = mode_of(&targeted)

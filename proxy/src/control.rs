@@ -1,9 +1,10 @@
 //! The proxy's side of the configuration stream (DESIGN.md §9; protocol in
 //! [`skiff_api::stream`]): connect to the control plane over HTTP/2 and mutual TLS (the control
-//! plane proves `--control-plane-identity` against `--ca-bundle`, the proxy shows its workload
-//! certificate, [`crate::tls::control_plane`]), say Hello, apply every configuration received
-//! and answer ACK or NACK. When the stream breaks the proxy keeps
-//! serving the configuration it has and reconnects with exponential back-off and full jitter.
+//! plane proves `--control-plane-identity` against `--ca-bundle` and the trust bundle of the
+//! proxy's identity, the proxy shows its workload certificate, [`crate::tls::control_plane`]),
+//! say Hello, apply every configuration received and answer ACK or NACK. When the stream
+//! breaks the proxy keeps serving the configuration it has and reconnects with exponential
+//! back-off and full jitter.
 //!
 //! Not on the request path: connections read whatever snapshot [`Apply`] installed.
 
@@ -56,7 +57,8 @@ pub struct StreamSettings {
     pub pod_ips: Vec<IpAddr>,
     /// Delays between reconnection attempts.
     pub backoff: Backoff,
-    /// Who the control plane must be.
+    /// Who the control plane must be, and the roots it may chain to besides `identity`'s
+    /// trust bundle.
     pub tls: ControlPlaneTls,
     /// What the proxy shows the control plane: each connection presents the certificate
     /// current at the time, so reconnecting after a renewal shows the new one.

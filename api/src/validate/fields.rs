@@ -177,6 +177,74 @@ pub fn label_name(name: &str) -> Result<(), String> {
     dns_name(name, 63, false)
 }
 
+/// A label key, as Kubernetes checks it (a qualified name): an optional prefix, a DNS
+/// subdomain of at most 253 characters, and `/`; then a name of 1 to 63 letters, digits, `-`,
+/// `_` and `.`, starting and ending with a letter or digit. `app`, `app.kubernetes.io/name`.
+pub fn label_key(key: &str) -> Result<(), String> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    let bad = |why: String| {
+        Err(format!(
+            "{key:?} is not a valid label key: {why} (a key is an optional DNS subdomain and \
+             '/', then a name, like app.kubernetes.io/name)"
+        ))
+    };
+    if let Some(prefix) = prefix {
+        if prefix.is_empty() {
+            return bad("the prefix before '/' is empty".to_string());
+        }
+        if !is_dns_subdomain(prefix) {
+            return bad(format!(
+                "the prefix {prefix:?} must be at most 253 characters of dot-separated \
+                 lowercase letters, digits and '-', each part starting and ending with a \
+                 letter or digit"
+            ));
+        }
+    }
+    if name.is_empty() {
+        return bad("the name must not be empty".to_string());
+    }
+    if !is_label_text(name) {
+        return bad(format!(
+            "the name {name:?} must be at most 63 letters, digits, '-', '_' or '.', starting \
+             and ending with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+/// A label value, as Kubernetes checks it: empty, or 1 to 63 letters, digits, `-`, `_` and
+/// `.`, starting and ending with a letter or digit.
+pub fn label_value(value: &str) -> Result<(), String> {
+    if value.is_empty() || is_label_text(value) {
+        return Ok(());
+    }
+    Err(format!(
+        "{value:?} is not a valid label value: use at most 63 letters, digits, '-', '_' or '.', \
+         starting and ending with a letter or digit (or leave it empty)"
+    ))
+}
+
+/// The name part of a label key, or a non-empty label value.
+fn is_label_text(text: &str) -> bool {
+    let inner = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    let ends = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    text.len() <= 63
+        && text.chars().all(inner)
+        && ends(text.chars().next())
+        && ends(text.chars().last())
+}
+
+/// RFC 1123 subdomain, checked part by part (Kubernetes' `IsDNS1123Subdomain`).
+fn is_dns_subdomain(text: &str) -> bool {
+    text.len() <= 253
+        && text
+            .split('.')
+            .all(|part| dns_name(part, 63, false).is_ok())
+}
+
 fn dns_name(name: &str, max: usize, dots: bool) -> Result<(), String> {
     if name.is_empty() {
         return Err("must not be empty".to_string());
@@ -305,5 +373,50 @@ mod tests {
         }
         assert!(label_name("web.v1").is_err());
         assert!(label_name(&"a".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn label_keys_and_values() {
+        // 255 characters, each part short enough.
+        let long_prefix = format!("{}io/app", "abcdefghij.".repeat(23));
+        for good in [
+            "app",
+            "App_Name-1.x",
+            "app.kubernetes.io/name",
+            "skiff.dev/tier",
+            "a/b",
+            &"a".repeat(63),
+        ] {
+            assert_eq!(label_key(good), Ok(()), "{good}");
+        }
+        let bad = [
+            ("", "the name must not be empty"),
+            ("app/", "the name must not be empty"),
+            ("/app", "the prefix before '/' is empty"),
+            ("a/b/c", "the name \"b/c\""),
+            ("Skiff.dev/tier", "the prefix \"Skiff.dev\""),
+            ("skiff..dev/tier", "the prefix"),
+            ("-skiff.dev/tier", "the prefix"),
+            (&long_prefix, "the prefix"),
+            ("-app", "the name \"-app\""),
+            ("app_", "the name"),
+            ("my app", "the name"),
+            ("app:x", "the name"),
+            (&"a".repeat(64), "at most 63"),
+        ];
+        for (key, fragment) in bad {
+            let error = label_key(key).unwrap_err();
+            assert!(error.contains(fragment), "{key:?}: {error}");
+            assert!(
+                error.contains("is not a valid label key"),
+                "{key:?}: {error}"
+            );
+        }
+        for good in ["", "v1", "Canary_2.x-y", &"a".repeat(63)] {
+            assert_eq!(label_value(good), Ok(()), "{good:?}");
+        }
+        for bad in ["-v1", "v1.", "a b", "a/b", "é", &"a".repeat(64)] {
+            assert!(label_value(bad).is_err(), "{bad:?}");
+        }
     }
 }

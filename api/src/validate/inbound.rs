@@ -1,20 +1,22 @@
-//! InboundPolicies: what each applies to (one Workload, or every workload of its namespace),
-//! the mTLS mode of the workload's ports, and authorization rules whose every value can match
-//! a normalised request. Several policies may apply to one target — their rules add up — but
-//! every mode they set for it must agree, so that which mode applies is never a guess.
+//! InboundPolicies: what each applies to (one Workload by `targetRef`, the Workloads its
+//! `selector` picks, or every workload of its namespace), the mTLS mode of the workload's
+//! ports, and authorization rules whose every value can match a normalised request. Several
+//! policies may apply to one workload — their rules add up — but every mode they set for it
+//! must agree, so that which mode applies is never a guess. With selectors, which policies
+//! meet on a workload depends on its labels, so that is checked workload by workload.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::service::Workloads;
-use super::{fields, has_errors, key_of, Lookup};
+use super::{fields, has_errors, key_of, selector, Lookup};
 use crate::config::{AuthorizationPath, PortMode};
 use crate::document::Located;
 use crate::identity::SpiffeId;
-use crate::policy::{self, MtlsMode, ObjectKey};
+use crate::policy::{self, InboundTarget, MtlsMode, ObjectKey};
 use crate::problem::Problem;
 use crate::skiff_kinds::{
-    AuthorizationRuleSpec, InboundPolicy, PortMtls, RulePath, RulePathType, WorkloadTargetRef,
-    GROUP,
+    AuthorizationRuleSpec, InboundPolicy, InboundPolicySpec, PortMtls, RulePath, RulePathType,
+    WorkloadTargetRef, GROUP,
 };
 
 /// Checks every InboundPolicy; returns those without errors, sorted by key.
@@ -23,16 +25,14 @@ pub(super) fn inbound_policies(
     workloads: &Workloads,
     problems: &mut Vec<Problem>,
 ) -> Vec<policy::InboundPolicy> {
-    let mut valid = Vec::new();
+    // In the order written, which decides which of two conflicting policies is reported.
+    let mut valid: Vec<(&Located<InboundPolicy>, policy::InboundPolicy)> = Vec::new();
     let mut modes = ModeClaims::default();
     for item in list {
         let key = key_of(&item.value.metadata);
         let spec = &item.value.spec;
         let mut found = Vec::new();
-        let workload = spec
-            .target_ref
-            .as_ref()
-            .map(|target| target_workload(item, &key, target, workloads, &mut found));
+        let target = target(item, &key, spec, workloads, &mut found);
         let port_modes = port_modes(item, &spec.mtls.ports, &mut found);
         let rules = spec
             .rules
@@ -42,7 +42,7 @@ pub(super) fn inbound_policies(
             .collect();
         let checked = policy::InboundPolicy {
             key,
-            workload,
+            target,
             mode: spec.mtls.mode,
             port_modes,
             rules,
@@ -51,12 +51,58 @@ pub(super) fn inbound_policies(
             modes.claim(item, &checked, &mut found);
         }
         if !has_errors(&found) {
-            valid.push(checked);
+            valid.push((item, checked));
         }
         problems.extend(found);
     }
+    selector_conflicts(&valid, workloads, problems);
+    let mut valid: Vec<policy::InboundPolicy> = valid.into_iter().map(|(_, p)| p).collect();
     valid.sort_by(|a, b| a.key.cmp(&b.key));
     valid
+}
+
+/// What `spec.targetRef` or `spec.selector` attaches the policy to; both at once is an error.
+fn target(
+    item: &Located<InboundPolicy>,
+    key: &ObjectKey,
+    spec: &InboundPolicySpec,
+    workloads: &Workloads,
+    found: &mut Vec<Problem>,
+) -> InboundTarget {
+    if spec.target_ref.is_some() && spec.selector.is_some() {
+        found.push(item.error(
+            "spec.selector",
+            "targetRef and selector are mutually exclusive: a policy applies to the Workload \
+             its targetRef names or to the Workloads its selector picks; remove one, or write \
+             two policies",
+        ));
+    }
+    let selector = spec
+        .selector
+        .as_ref()
+        .map(|written| selector::label_selector(item, "spec.selector", written, found));
+    if let Some(target) = &spec.target_ref {
+        return InboundTarget::Workload(target_workload(item, key, target, workloads, found));
+    }
+    let selector = match selector {
+        // Kubernetes' empty selector selects everything: the same as writing none.
+        Some(selector) if !selector.requirements.is_empty() => selector,
+        _ => return InboundTarget::Namespace,
+    };
+    let selects_some = workloads
+        .valid
+        .values()
+        .any(|w| w.value.key.namespace == key.namespace && selector.matches(&w.value.labels));
+    if !has_errors(found) && !selects_some {
+        found.push(item.warning(
+            "spec.selector",
+            format!(
+                "selects no Workload of namespace {}, so the policy applies to no workload",
+                key.namespace
+            ),
+        ));
+    }
+    InboundTarget::Selector(selector)
 }
 
 /// The Workload a `targetRef` names, reporting a wrong kind or a missing Workload.
@@ -201,15 +247,18 @@ fn rule_path(path: &RulePath) -> AuthorizationPath {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Scope {
     Workload(ObjectKey),
-    /// Every workload of the namespace (policies without `targetRef`).
+    /// Every workload of the namespace (policies without `targetRef` and `selector`).
     Namespace(String),
 }
 
 impl Scope {
-    fn of(policy: &policy::InboundPolicy) -> Scope {
-        match &policy.workload {
-            Some(workload) => Scope::Workload(workload.clone()),
-            None => Scope::Namespace(policy.key.namespace.clone()),
+    /// `None` for a selector: which workloads it shares is only known workload by workload
+    /// ([`selector_conflicts`]).
+    fn of(policy: &policy::InboundPolicy) -> Option<Scope> {
+        match &policy.target {
+            InboundTarget::Workload(workload) => Some(Scope::Workload(workload.clone())),
+            InboundTarget::Namespace => Some(Scope::Namespace(policy.key.namespace.clone())),
+            InboundTarget::Selector(_) => None,
         }
     }
 
@@ -218,6 +267,47 @@ impl Scope {
             Scope::Workload(workload) => format!("Workload {workload}"),
             Scope::Namespace(namespace) => format!("every workload of namespace {namespace}"),
         }
+    }
+}
+
+/// One mode a policy sets: for which port (`None`: `spec.mtls.mode`), and where.
+#[derive(Clone)]
+struct ModeClaim {
+    port: Option<u16>,
+    mode: MtlsMode,
+    path: String,
+}
+
+/// Every mode `item` sets, `spec.mtls.mode` first, then the ports in the order written.
+fn mode_claims(item: &Located<InboundPolicy>) -> Vec<ModeClaim> {
+    let mtls = &item.value.spec.mtls;
+    let mut claims: Vec<ModeClaim> = Vec::new();
+    if let Some(mode) = mtls.mode {
+        let path = "spec.mtls.mode".to_string();
+        claims.push(ModeClaim {
+            port: None,
+            mode,
+            path,
+        });
+    }
+    for (at, entry) in mtls.ports.iter().enumerate() {
+        // Already checked: every port is valid and listed once.
+        let port = u16::try_from(entry.port).unwrap_or_default();
+        let path = format!("spec.mtls.ports[{at}].mode");
+        claims.push(ModeClaim {
+            port: Some(port),
+            mode: entry.mode,
+            path,
+        });
+    }
+    claims
+}
+
+/// `port 8080 of <whom>`, or `<whom>` for the mode of every port.
+fn describe_port(port: Option<u16>, whom: &str) -> String {
+    match port {
+        Some(port) => format!("port {port} of {whom}"),
+        None => whom.to_string(),
     }
 }
 
@@ -237,24 +327,13 @@ impl ModeClaims {
         policy: &policy::InboundPolicy,
         found: &mut Vec<Problem>,
     ) {
-        let scope = Scope::of(policy);
-        let mut claims: Vec<(Option<u16>, MtlsMode, String)> = Vec::new();
-        if let Some(mode) = policy.mode {
-            claims.push((None, mode, "spec.mtls.mode".to_string()));
-        }
-        for (at, entry) in item.value.spec.mtls.ports.iter().enumerate() {
-            // Already checked: every port is valid and listed once.
-            let port = u16::try_from(entry.port).unwrap_or_default();
-            let path = format!("spec.mtls.ports[{at}].mode");
-            claims.push((Some(port), entry.mode, path));
-        }
-        for (port, mode, path) in claims {
+        let Some(scope) = Scope::of(policy) else {
+            return;
+        };
+        for ModeClaim { port, mode, path } in mode_claims(item) {
             match self.first.get(&(scope.clone(), port)) {
                 Some((other_mode, other, place)) if *other_mode != mode => {
-                    let what = match port {
-                        Some(port) => format!("port {port} of {}", scope.describe()),
-                        None => scope.describe(),
-                    };
+                    let what = describe_port(port, &scope.describe());
                     found.push(item.error(
                         path,
                         format!(
@@ -273,6 +352,114 @@ impl ModeClaims {
                 }
             }
         }
+    }
+}
+
+/// Two policies that set different modes for one port (or every port) of the workloads they
+/// both apply to: `later` is reported, naming `earlier`.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Clash {
+    later: usize,
+    port: Option<u16>,
+    earlier: usize,
+}
+
+/// Where a [`Clash`] was first seen, and what each policy sets.
+struct Meeting<'a> {
+    /// The first workload (by `namespace/name`) both policies apply to.
+    workload: &'a Located<policy::Workload>,
+    /// How many workloads they both apply to.
+    workloads: usize,
+    /// The later policy's claim.
+    mine: ModeClaim,
+    /// The earlier policy's claim.
+    theirs: ModeClaim,
+}
+
+/// The conflicts [`ModeClaims`] cannot see: for each Workload, the targeted policies that
+/// apply to it (by `targetRef` or `selector`), at least one by selector, must agree on every
+/// mode they set. Each pair of policies is reported once per port, at the later one (in the
+/// order written), naming the earlier, the first workload they meet on, and how many more.
+fn selector_conflicts(
+    valid: &[(&Located<InboundPolicy>, policy::InboundPolicy)],
+    workloads: &Workloads,
+    problems: &mut Vec<Problem>,
+) {
+    let by_selector = |at: &usize| matches!(valid[*at].1.target, InboundTarget::Selector(_));
+    // Namespace → its targeted policies, in the order written.
+    let mut targeted: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (at, (_, policy)) in valid.iter().enumerate() {
+        if policy.target != InboundTarget::Namespace {
+            targeted.entry(&policy.key.namespace).or_default().push(at);
+        }
+    }
+    let mut clashes: BTreeMap<Clash, Meeting<'_>> = BTreeMap::new();
+    for workload in workloads.valid.values() {
+        let Some(candidates) = targeted.get(workload.value.key.namespace.as_str()) else {
+            continue;
+        };
+        let attached: Vec<usize> = candidates
+            .iter()
+            .copied()
+            .filter(|at| valid[*at].1.target.targets(&workload.value))
+            .collect();
+        if !attached.iter().any(by_selector) {
+            // Only policies by targetRef: ModeClaims already made them agree.
+            continue;
+        }
+        // Port → the first mode set for it on this workload, by which policy.
+        let mut first: HashMap<Option<u16>, (usize, ModeClaim)> = HashMap::new();
+        for &at in &attached {
+            for claim in mode_claims(valid[at].0) {
+                let Some((earlier, theirs)) = first.get(&claim.port) else {
+                    first.insert(claim.port, (at, claim));
+                    continue;
+                };
+                if theirs.mode == claim.mode {
+                    continue;
+                }
+                let clash = Clash {
+                    later: at,
+                    port: claim.port,
+                    earlier: *earlier,
+                };
+                let meeting = clashes.entry(clash).or_insert_with(|| Meeting {
+                    workload,
+                    workloads: 0,
+                    mine: claim,
+                    theirs: theirs.clone(),
+                });
+                meeting.workloads += 1;
+            }
+        }
+    }
+    for (clash, meeting) in clashes {
+        let (item, _) = &valid[clash.later];
+        let (other_item, other) = &valid[clash.earlier];
+        let Meeting {
+            workload,
+            workloads,
+            mine,
+            theirs,
+        } = meeting;
+        let more = match workloads - 1 {
+            0 => String::new(),
+            n => format!(" and {n} more"),
+        };
+        let what = describe_port(clash.port, &format!("Workload {}", workload.value.key));
+        problems.push(item.error(
+            &mine.path,
+            format!(
+                "{} conflicts with {} set for {what} by InboundPolicy {} ({}); both apply to \
+                 that workload ({}){more}, and policies that apply to one workload must agree \
+                 on its mode",
+                mode_name(mine.mode),
+                mode_name(theirs.mode),
+                other.key,
+                other_item.place(&theirs.path),
+                workload.place("metadata.labels"),
+            ),
+        ));
     }
 }
 

@@ -10,6 +10,7 @@ mod conflicts;
 mod fields;
 mod inbound;
 mod route;
+mod selector;
 mod service;
 mod targets;
 

@@ -1,5 +1,6 @@
-//! Workloads, Services and EndpointSlices: addresses parsed, ports checked, each endpoint tied
-//! to its Service port and to the Workload behind it, and no two Services on one VIP:port.
+//! Workloads, Services and EndpointSlices: addresses and workload labels parsed, ports checked,
+//! each endpoint tied to its Service port and to the Workload behind it, and no two Services on
+//! one VIP:port.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -7,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 /// Shortest bootstrap token accepted: anyone who can reach the control plane may try tokens.
 pub const MIN_BOOTSTRAP_TOKEN_BYTES: usize = 16;
 
-use super::{fields, has_errors, key_of, Known, Lookup};
+use super::{fields, has_errors, key_of, selector, Known, Lookup};
 use crate::config::AppProtocol;
 use crate::document::Located;
 use crate::k8s::{EndpointSlice, IntOrString, ObjectReference, Service, SERVICE_NAME_LABEL};
@@ -26,6 +27,7 @@ pub(super) fn workloads(list: &[Located<Workload>], problems: &mut Vec<Problem>)
         let key = key_of(&workload.value.metadata);
         let spec = &workload.value.spec;
         let mut found = Vec::new();
+        selector::labels(workload, &workload.value.metadata.labels, &mut found);
         if let Err(message) = fields::object_name(&spec.service_account) {
             found.push(workload.error("spec.serviceAccount", message));
         }
@@ -65,6 +67,7 @@ pub(super) fn workloads(list: &[Located<Workload>], problems: &mut Vec<Problem>)
                 service_account: spec.service_account.clone(),
                 addresses,
                 bootstrap_token: spec.bootstrap_token.clone(),
+                labels: workload.value.metadata.labels.clone(),
             })
         });
         problems.extend(found);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::config::{AppProtocol, Backend, PathMatch, StringMatch};
-use crate::policy::{Endpoint, Transport};
+use crate::policy::{Endpoint, InboundTarget, Transport};
 
 fn files(list: &[(&str, &str)]) -> Vec<(String, String)> {
     list.iter()
@@ -219,7 +219,10 @@ spec:
         inbound.mode, None,
         "unset: inherited, PERMISSIVE in the end"
     );
-    assert_eq!(inbound.workload, Some(ObjectKey::new("shop", "web-a")));
+    assert_eq!(
+        inbound.target,
+        InboundTarget::Workload(ObjectKey::new("shop", "web-a"))
+    );
     assert!(inbound.port_modes.is_empty() && inbound.rules.is_empty());
 }
 
@@ -241,7 +244,11 @@ spec:
 ";
     let policy = loaded(&[("s.yaml", SERVICES), ("p.yaml", good)]).policy;
     let lock = &policy.inbound_policies[0];
-    assert_eq!(lock.workload, None, "no targetRef: the whole namespace");
+    assert_eq!(
+        lock.target,
+        InboundTarget::Namespace,
+        "no targetRef: the whole namespace"
+    );
     assert_eq!(lock.mode, Some(crate::policy::MtlsMode::Strict));
     let ports: Vec<u16> = lock.port_modes.iter().map(|p| p.port).collect();
     assert_eq!(ports, [8081, 9090], "sorted");
@@ -340,6 +347,132 @@ fn inbound_policies_of_one_target_add_up_unless_their_modes_differ() {
     for (yaml, expected) in rows {
         let found = problems(&[("s.yaml", SERVICES), ("p.yaml", &yaml)]);
         assert!(found[0].starts_with(expected), "{found:#?}\n{expected}");
+        assert_eq!(found.len(), 1, "{found:#?}");
+    }
+}
+
+#[test]
+fn inbound_policies_that_select_one_workload_must_agree_on_its_modes() {
+    let workload = |name: &str, labels: &str| {
+        format!(
+            "apiVersion: skiff.dev/v1alpha1\nkind: Workload\nmetadata: {{name: {name}, \
+             namespace: shop, labels: {{{labels}}}}}\nspec: {{}}\n---\n"
+        )
+    };
+    let workloads = [
+        workload("web-1", "app: web, tier: front"), // w.yaml:3
+        workload("web-2", "app: web"),              // w.yaml:8
+        workload("web-3", "app: web"),
+        workload("db", "app: db"),
+    ]
+    .concat();
+    // Every document is 7 lines and a separator: the second one's mtls is on line 14.
+    let policy = |name: &str, attach: &str, mtls: &str| {
+        format!(
+            "apiVersion: skiff.dev/v1alpha1\nkind: InboundPolicy\nmetadata: {{name: {name}, \
+             namespace: shop}}\nspec:\n  {attach}\n  mtls: {mtls}\n  rules: [{{action: ALLOW}}]\
+             \n---\n"
+        )
+    };
+    let web_1 = "targetRef: {name: web-1}";
+    let web_2 = "targetRef: {name: web-2}";
+    let app_web = "selector: {matchLabels: {app: web}}";
+    let app_db = "selector: {matchLabels: {app: db}}";
+    let front = "selector: {matchExpressions: [{key: tier, operator: In, values: [front]}]}";
+    let any_app = "selector: {matchExpressions: [{key: app, operator: Exists}]}";
+    let everyone = "selector: {}";
+    let namespace = "selector: null";
+    let strict = "{mode: STRICT}";
+    let permissive = "{mode: PERMISSIVE}";
+    let silent = "{}";
+    let port = |mode: &str| format!("{{ports: [{{port: 8080, mode: {mode}}}]}}");
+
+    // Different modes on workloads no two of them share, or in different groups; the same
+    // mode where they meet.
+    let fine = [
+        [policy("a", app_db, strict), policy("b", front, permissive)].concat(),
+        [
+            policy("a", app_web, permissive),
+            policy("b", namespace, strict),
+        ]
+        .concat(),
+        [
+            policy("a", app_web, strict),
+            policy("b", web_2, strict),
+            policy("c", front, silent),
+            policy("d", any_app, &port("PERMISSIVE")),
+        ]
+        .concat(),
+        [
+            policy("a", app_web, strict),
+            policy("b", web_2, &port("STRICT")),
+        ]
+        .concat(),
+    ];
+    for yaml in fine {
+        let loaded = loaded(&[("w.yaml", &workloads), ("p.yaml", &yaml)]);
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    }
+
+    let agree = "and policies that apply to one workload must agree on its mode";
+    let rows = [
+        (
+            [policy("a", web_1, strict), policy("b", app_web, permissive)].concat(),
+            format!(
+                "p.yaml:14 spec.mtls.mode: PERMISSIVE conflicts with STRICT set for Workload \
+                 shop/web-1 by InboundPolicy shop/a (p.yaml:6); both apply to that workload \
+                 (w.yaml:3), {agree}"
+            ),
+        ),
+        (
+            // The later one in the file is reported, whichever attaches by name.
+            [policy("a", app_web, strict), policy("b", web_2, permissive)].concat(),
+            format!(
+                "p.yaml:14 spec.mtls.mode: PERMISSIVE conflicts with STRICT set for Workload \
+                 shop/web-2 by InboundPolicy shop/a (p.yaml:6); both apply to that workload \
+                 (w.yaml:8), {agree}"
+            ),
+        ),
+        (
+            [
+                policy("a", app_web, &port("STRICT")),
+                policy("b", front, &port("PERMISSIVE")),
+            ]
+            .concat(),
+            format!(
+                "p.yaml:14 spec.mtls.ports[0].mode: PERMISSIVE conflicts with STRICT set for \
+                 port 8080 of Workload shop/web-1 by InboundPolicy shop/a (p.yaml:6); both \
+                 apply to that workload (w.yaml:3), {agree}"
+            ),
+        ),
+        (
+            // Once per pair of policies, however many workloads they share.
+            [
+                policy("a", app_web, strict),
+                policy("b", any_app, permissive),
+            ]
+            .concat(),
+            format!(
+                "p.yaml:14 spec.mtls.mode: PERMISSIVE conflicts with STRICT set for Workload \
+                 shop/web-1 by InboundPolicy shop/a (p.yaml:6); both apply to that workload \
+                 (w.yaml:3) and 2 more, {agree}"
+            ),
+        ),
+        (
+            // An empty selector is namespace-wide, like no selector.
+            [
+                policy("a", everyone, strict),
+                policy("b", namespace, permissive),
+            ]
+            .concat(),
+            "p.yaml:14 spec.mtls.mode: PERMISSIVE conflicts with STRICT set for every workload \
+             of namespace shop by InboundPolicy shop/a (p.yaml:6)"
+                .to_string(),
+        ),
+    ];
+    for (yaml, expected) in rows {
+        let found = problems(&[("w.yaml", &workloads), ("p.yaml", &yaml)]);
+        assert!(found[0].starts_with(&expected), "{found:#?}\n{expected}");
         assert_eq!(found.len(), 1, "{found:#?}");
     }
 }

@@ -559,3 +559,284 @@ fn inbound_security_does_not_depend_on_document_order() {
         );
     }
 }
+
+#[test]
+fn a_label_selector_follows_kubernetes_semantics() {
+    use crate::policy::{LabelOperator, LabelRequirement, LabelSelector};
+
+    let requirement = |key: &str, operator: LabelOperator| LabelRequirement {
+        key: key.to_string(),
+        operator,
+    };
+    let values = |list: &[&str]| list.iter().map(ToString::to_string).collect::<Vec<_>>();
+    let labels = |list: &[(&str, &str)]| {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let web_v1 = labels(&[("app", "web"), ("version", "v1")]);
+    let bare = labels(&[]);
+    // Each row: why, the requirements, whether they select web_v1, whether they select bare.
+    let rows = [
+        ("empty: everything", vec![], true, true),
+        (
+            "In: one of the values",
+            vec![requirement(
+                "app",
+                LabelOperator::In(values(&["api", "web"])),
+            )],
+            true,
+            false,
+        ),
+        (
+            "In: another value",
+            vec![requirement("app", LabelOperator::In(values(&["api"])))],
+            false,
+            false,
+        ),
+        (
+            "NotIn: holds without the label",
+            vec![requirement(
+                "version",
+                LabelOperator::NotIn(values(&["v1"])),
+            )],
+            false,
+            true,
+        ),
+        (
+            "NotIn: another value",
+            vec![requirement(
+                "version",
+                LabelOperator::NotIn(values(&["v2"])),
+            )],
+            true,
+            true,
+        ),
+        (
+            "Exists: any value",
+            vec![requirement("version", LabelOperator::Exists)],
+            true,
+            false,
+        ),
+        (
+            "DoesNotExist",
+            vec![requirement("version", LabelOperator::DoesNotExist)],
+            false,
+            true,
+        ),
+        (
+            "every requirement must hold",
+            vec![
+                requirement("app", LabelOperator::In(values(&["web"]))),
+                requirement("canary", LabelOperator::Exists),
+            ],
+            false,
+            false,
+        ),
+        (
+            "keys are compared exactly",
+            vec![requirement("App", LabelOperator::Exists)],
+            false,
+            false,
+        ),
+    ];
+    for (why, requirements, selects_web_v1, selects_bare) in rows {
+        let selector = LabelSelector { requirements };
+        assert_eq!(selector.matches(&web_v1), selects_web_v1, "{why}: web_v1");
+        assert_eq!(selector.matches(&bare), selects_bare, "{why}: bare");
+    }
+}
+
+const SELECTOR_POLICIES: &str = "\
+apiVersion: skiff.dev/v1alpha1
+kind: Workload
+metadata: {name: web-1, namespace: shop, labels: {app: web, version: v1}}
+spec: {}
+---
+apiVersion: skiff.dev/v1alpha1
+kind: Workload
+metadata: {name: web-2, namespace: shop, labels: {app: web, version: v2, canary: \"true\"}}
+spec: {}
+---
+apiVersion: skiff.dev/v1alpha1
+kind: Workload
+metadata: {name: api, namespace: shop, labels: {app: api}}
+spec: {}
+---
+apiVersion: skiff.dev/v1alpha1
+kind: Workload
+metadata: {name: bare, namespace: shop}
+spec: {}
+---
+apiVersion: skiff.dev/v1alpha1
+kind: Workload
+metadata: {name: web-9, namespace: data, labels: {app: web}}
+spec: {}
+---
+apiVersion: skiff.dev/v1alpha1
+kind: InboundPolicy
+metadata: {name: all, namespace: shop}
+spec:
+  mtls: {mode: STRICT, ports: [{port: 9090, mode: PERMISSIVE}]}
+  rules: [{action: DENY, from: {namespaces: [evil]}}]
+---
+apiVersion: skiff.dev/v1alpha1
+kind: InboundPolicy
+metadata: {name: empty-selector, namespace: shop}
+spec:
+  selector: {}
+  rules: [{action: ALLOW}]
+---
+apiVersion: skiff.dev/v1alpha1
+kind: InboundPolicy
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  mtls: {mode: PERMISSIVE}
+  rules: [{action: ALLOW}]
+---
+apiVersion: skiff.dev/v1alpha1
+kind: InboundPolicy
+metadata: {name: not-v1, namespace: shop}
+spec:
+  selector: {matchExpressions: [{key: version, operator: NotIn, values: [v1]}]}
+  mtls: {ports: [{port: 8080, mode: STRICT}]}
+  rules: [{action: DENY, from: {namespaces: [legacy]}}]
+---
+apiVersion: skiff.dev/v1alpha1
+kind: InboundPolicy
+metadata: {name: no-app, namespace: shop}
+spec:
+  selector: {matchExpressions: [{key: app, operator: DoesNotExist}]}
+  rules: [{action: DENY}]
+---
+apiVersion: skiff.dev/v1alpha1
+kind: InboundPolicy
+metadata: {name: canary, namespace: shop}
+spec:
+  selector:
+    matchExpressions:
+    - {key: canary, operator: Exists}
+    - {key: app, operator: In, values: [web, api]}
+  mtls: {ports: [{port: 9090, mode: STRICT}]}
+  rules: [{action: ALLOW}, {action: DENY, to: {methods: [DELETE]}}]
+---
+apiVersion: skiff.dev/v1alpha1
+kind: InboundPolicy
+metadata: {name: api-by-name, namespace: shop}
+spec:
+  targetRef: {name: api}
+  mtls: {mode: PERMISSIVE}
+  rules: [{action: ALLOW}]
+---
+apiVersion: skiff.dev/v1alpha1
+kind: InboundPolicy
+metadata: {name: all-web, namespace: data}
+spec:
+  selector: {matchLabels: {app: web}}
+  mtls: {mode: STRICT}
+";
+
+#[test]
+fn selected_policies_take_precedence_like_targeted_ones() {
+    use crate::config::AuthorizationAction::{Allow, Deny};
+    use crate::config::MtlsMode::{Permissive, Strict};
+
+    let policy = policy(SELECTOR_POLICIES);
+    // Each row: workload, mode, port exceptions, rules as (policy, index, action): the
+    // namespace-wide group (no target, or an empty selector) first, then the targeted one (by
+    // targetRef or selector, together by name).
+    let rows = [
+        (
+            // Selected by `web` only: `not-v1` skips version v1.
+            me("shop", "web-1"),
+            Permissive,
+            vec![],
+            vec![
+                ("shop/all", 0, Deny),
+                ("shop/empty-selector", 0, Allow),
+                ("shop/web", 0, Allow),
+            ],
+        ),
+        (
+            // `canary`'s port 9090 replaces the namespace's; `not-v1` adds 8080; `web` sets
+            // the mode.
+            me("shop", "web-2"),
+            Permissive,
+            vec![(8080, Strict), (9090, Strict)],
+            vec![
+                ("shop/all", 0, Deny),
+                ("shop/empty-selector", 0, Allow),
+                ("shop/canary", 0, Allow),
+                ("shop/canary", 1, Deny),
+                ("shop/not-v1", 0, Deny),
+                ("shop/web", 0, Allow),
+            ],
+        ),
+        (
+            // By targetRef and by selector (NotIn holds without the label): one group.
+            me("shop", "api"),
+            Permissive,
+            vec![(8080, Strict)],
+            vec![
+                ("shop/all", 0, Deny),
+                ("shop/empty-selector", 0, Allow),
+                ("shop/api-by-name", 0, Allow),
+                ("shop/not-v1", 0, Deny),
+            ],
+        ),
+        (
+            // Selected, but no selected policy sets the mode: the namespace's applies, and
+            // `not-v1`'s 8080 equals it.
+            me("shop", "bare"),
+            Strict,
+            vec![(9090, Permissive)],
+            vec![
+                ("shop/all", 0, Deny),
+                ("shop/empty-selector", 0, Allow),
+                ("shop/no-app", 0, Deny),
+                ("shop/not-v1", 0, Deny),
+            ],
+        ),
+        (
+            // Not declared: no labels, so not even DoesNotExist or NotIn picks it.
+            me("shop", "undeclared"),
+            Strict,
+            vec![(9090, Permissive)],
+            vec![("shop/all", 0, Deny), ("shop/empty-selector", 0, Allow)],
+        ),
+        (
+            // Picked by its namespace's `all-web`, not by shop's `web`.
+            me("data", "web-9"),
+            Strict,
+            vec![],
+            vec![],
+        ),
+    ];
+    for (workload, mode, port_modes, rules) in rows {
+        let security = inbound_security(&policy, &workload);
+        assert_eq!(security.mode, mode, "{workload}");
+        let ports: Vec<(u16, MtlsMode)> = security
+            .port_modes
+            .iter()
+            .map(|p| (p.port, p.mode))
+            .collect();
+        assert_eq!(ports, port_modes, "{workload}");
+        let named: Vec<(&str, usize, _)> = security
+            .rules
+            .iter()
+            .map(|r| (r.policy.as_str(), r.rule, r.action))
+            .collect();
+        assert_eq!(named, rules, "{workload}");
+    }
+    let empty = policy
+        .inbound_policies
+        .iter()
+        .find(|p| p.key.name == "empty-selector")
+        .unwrap();
+    assert_eq!(
+        empty.target,
+        InboundTarget::Namespace,
+        "an empty selector is no selector"
+    );
+}

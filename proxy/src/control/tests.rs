@@ -9,7 +9,7 @@ use skiff_control::{admin, api, inspect, ControlPlane};
 use tokio::net::TcpListener;
 
 use super::*;
-use crate::tls::control_plane::ConnectError;
+use crate::tls::control_plane::{untrusted_root, ConnectError};
 use crate::tls::renew::{CertificateClient, IssueError};
 use crate::tls::{Refusal, TlsError};
 
@@ -192,12 +192,23 @@ impl RunningControlPlane {
     /// Policy from `dir`; the CA's root in `ca_dir` (generated on the first start, kept for
     /// the next), leaves valid for `lifetime`.
     async fn start(dir: &Path, ca_dir: &Path, lifetime: Duration, api: &str) -> Self {
+        RunningControlPlane::start_with_roots(dir, ca_dir, &[], lifetime, api).await
+    }
+
+    /// As [`RunningControlPlane::start`], with `--extra-trust-root` for each of `extra_roots`.
+    async fn start_with_roots(
+        dir: &Path,
+        ca_dir: &Path,
+        extra_roots: &[PathBuf],
+        lifetime: Duration,
+        api: &str,
+    ) -> Self {
         let settings = ca::Settings {
             lifetime,
             ..ca::Settings::default()
         };
-        let ca = CertificateAuthority::load(&CaSource::Dir(ca_dir.to_path_buf()), &[], settings)
-            .unwrap();
+        let source = CaSource::Dir(ca_dir.to_path_buf());
+        let ca = CertificateAuthority::load(&source, extra_roots, settings).unwrap();
         let control = Arc::new(ControlPlane::new(ca));
         let shutdown = Shutdown::new();
         let api_listener = TcpListener::bind(api).await.unwrap();
@@ -576,9 +587,129 @@ async fn an_expired_certificate_is_replaced_with_the_bootstrap_token() {
     plane.stop().await;
 }
 
+/// The refusal label of a failed TLS handshake with the control plane.
+fn tls_reason(error: &ConnectError) -> &'static str {
+    match error {
+        ConnectError::Tls(tls) => tls.reason(),
+        other => panic!("{other:?}"),
+    }
+}
+
 fn api() -> WorkloadRef {
     WorkloadRef {
         namespace: "shop".into(),
         name: "api".into(),
     }
+}
+
+/// A root rotation as docs/control-plane.md describes it, seen by a proxy started with
+/// `--ca-bundle` holding the old root A only: the bundle A + B it receives while A still
+/// signs lets it follow the control plane to B, without a restart.
+#[tokio::test]
+async fn a_proxy_follows_a_root_rotation_without_a_restart() {
+    let dir = TempDir::new("rotation");
+    let (ca_a, ca_b, ca_c, secrets) = (
+        TempDir::new("rotation-ca-a"),
+        TempDir::new("rotation-ca-b"),
+        TempDir::new("rotation-ca-c"),
+        TempDir::new("rotation-secrets"),
+    );
+    std::fs::write(dir.0.join("echo.yaml"), SERVICE).unwrap();
+    std::fs::write(dir.0.join("workloads.yaml"), WORKLOADS).unwrap();
+    let hour = Duration::from_secs(3600);
+    // Root B is made ahead of the rotation, and root C belongs to nobody's mesh.
+    for ca_dir in [&ca_b, &ca_c] {
+        let source = CaSource::Dir(ca_dir.0.clone());
+        CertificateAuthority::load(&source, &[], ca::Settings::default()).unwrap();
+    }
+    let root = |ca_dir: &TempDir| ca_dir.0.join("root-cert.pem");
+
+    // Step 1: A signs, B is announced (--extra-trust-root B).
+    let plane =
+        RunningControlPlane::start_with_roots(&dir.0, &ca_a.0, &[root(&ca_b)], hour, "127.0.0.1:0")
+            .await;
+    let address = plane.api;
+    // The proxy's --ca-bundle holds A alone, as it did before the rotation began.
+    let ca_bundle = secrets.0.join("ca-bundle.pem");
+    std::fs::copy(root(&ca_a), &ca_bundle).unwrap();
+    let mut client = plane.certificates(&secrets.0, &web(), Some("web-bootstrap-token"));
+    client.tls = ControlPlaneTls::load(&ca_bundle, plane.control.identity()).unwrap();
+    let identity = client.first_identity().await;
+    assert_eq!(identity.trust_roots(), 2, "the bundle A + B arrived");
+    let status = Arc::new(ControlStatus::new(true));
+    let settings = StreamSettings {
+        control_plane: client.control_plane.clone(),
+        workload: web(),
+        pod_ips: vec!["10.0.0.5".parse().unwrap()],
+        backoff: Backoff::new(Duration::from_millis(10), Duration::from_millis(100)),
+        tls: client.tls.clone(),
+        identity: identity.clone(),
+    };
+    let apply: Apply = Arc::new(|_| Ok(()));
+    let proxy = tokio::spawn(run(settings, status.clone(), apply));
+    eventually("the first configuration is applied", || status.is_ready()).await;
+
+    // Step 2: B signs, A stays trusted; the control plane's serving certificate is B's.
+    plane.stop().await;
+    eventually("the proxy notices", || !status.is_connected()).await;
+    let plane = RunningControlPlane::start_with_roots(
+        &dir.0,
+        &ca_b.0,
+        &[root(&ca_a)],
+        hour,
+        &address.to_string(),
+    )
+    .await;
+    let control = plane.control.clone();
+    eventually("the stream is open again, verified by root B", || {
+        control
+            .proxies
+            .list()
+            .first()
+            .is_some_and(|p| p.acked_version.is_some())
+    })
+    .await;
+    assert!(status.is_connected());
+    // The renewal reaches it too, and the new certificate is B's.
+    let first_leaf = identity.certified_key().cert[0].clone();
+    identity
+        .install(client.request(Some(&identity)).await.unwrap())
+        .unwrap();
+    assert_ne!(identity.certified_key().cert[0], first_leaf);
+    assert_eq!(identity.trust_roots(), 2);
+    // --ca-bundle itself was neither needed nor changed.
+    assert_eq!(client.tls.ca_bundle_roots().len(), 1);
+
+    // A proxy starting now, with no certificate yet, has only --ca-bundle: refused until
+    // the operator adds B to it (its ConfigMap, updated in place), then re-read at once.
+    // The roots skiff-control generates all have the same name, so B's certificate looks
+    // like A's with a signature that does not verify.
+    let mut newcomer = plane.certificates(&secrets.0, &web(), Some("web-bootstrap-token"));
+    newcomer.tls = ControlPlaneTls::load(&ca_bundle, plane.control.identity()).unwrap();
+    let error = refusal(newcomer.request(None).await);
+    let IssueError::Connect(connect) = &error else {
+        panic!("{error:?}");
+    };
+    assert!(untrusted_root(connect), "{error:?}");
+    assert_eq!(tls_reason(connect), "bad-signature");
+    let both = [root(&ca_a), root(&ca_b)].map(|path| std::fs::read_to_string(path).unwrap());
+    std::fs::write(&ca_bundle, both.concat()).unwrap();
+    newcomer.request(None).await.unwrap();
+    assert_eq!(newcomer.tls.ca_bundle_roots().len(), 2);
+
+    // A control plane issued by a root nobody announced is still refused (by its
+    // signature, its name being A's and B's; tls/control_plane/tests.rs has a root of
+    // another name refused as unknown-issuer).
+    plane.stop().await;
+    let plane = RunningControlPlane::start(&dir.0, &ca_c.0, hour, &address.to_string()).await;
+    let error = refusal(client.request(Some(&identity)).await);
+    let IssueError::Connect(connect) = &error else {
+        panic!("{error:?}");
+    };
+    assert_eq!(tls_reason(connect), "bad-signature");
+    eventually("the stream is down", || !status.is_connected()).await;
+    assert!(plane.control.proxies.list().is_empty(), "no stream to C");
+
+    proxy.abort();
+    plane.stop().await;
 }

@@ -21,6 +21,7 @@ use rustls::{ClientConfig, ServerConfig, SignatureScheme};
 use skiff_api::identity::{SpiffeId, ALPN_HTTP1, ALPN_HTTP2, ALPN_TCP};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::control_plane::BundleChange;
 use super::san::{self, LeafFields};
 use super::verify::{self, Expect, PeerVerifier, Usage};
 use super::{provider, TlsError, VERSIONS};
@@ -73,6 +74,10 @@ struct Installed {
     installed_at: SystemTime,
     /// Chain and signing key, for every handshake that presents this certificate.
     certified: Arc<CertifiedKey>,
+    /// The trust bundle as the control plane sent it: the control plane's certificate may
+    /// chain to these roots too ([`super::control_plane`]), so a root rotation reaches the
+    /// proxy's connection to it.
+    trust_bundle: Vec<CertificateDer<'static>>,
     /// The trust bundle as a verifier (mesh peers of our trust domain).
     verifier: Arc<PeerVerifier>,
     /// Inbound: client certificate required, the three mesh ALPN values.
@@ -96,9 +101,13 @@ impl Identity {
     /// connections keep theirs. On error the current certificate stays.
     pub fn install(&self, credentials: Credentials) -> Result<(), TlsError> {
         let installed = Arc::new(Installed::build(credentials)?);
-        let previous = self.current().id.clone();
-        if installed.id != previous {
-            tracing::warn!(%previous, new = %installed.id, "the workload identity changed");
+        let current = self.current();
+        if installed.id != current.id {
+            tracing::warn!(previous = %current.id, new = %installed.id, "the workload identity changed");
+        }
+        let change = BundleChange::between(&current.trust_bundle, &installed.trust_bundle);
+        if !change.is_empty() {
+            tracing::info!(added = ?change.added, removed = ?change.removed, roots = installed.trust_bundle.len(), "the trust bundle changed");
         }
         *self
             .installed
@@ -134,6 +143,11 @@ impl Identity {
     /// Roots in the trust bundle in force.
     pub fn trust_roots(&self) -> usize {
         self.current().verifier.roots()
+    }
+
+    /// The trust bundle in force, as the control plane sent it (two roots during a rotation).
+    pub fn trust_bundle(&self) -> Vec<CertificateDer<'static>> {
+        self.current().trust_bundle.clone()
     }
 
     /// Client config for sidecar-to-sidecar mTLS offering exactly `alpn` (one of the
@@ -265,6 +279,7 @@ impl Installed {
             leaf,
             installed_at: SystemTime::now(),
             certified,
+            trust_bundle,
             verifier,
             server,
             clients,

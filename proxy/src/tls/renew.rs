@@ -3,9 +3,11 @@
 //! over HTTP/2 and TLS, and the answer installed into the [`Identity`].
 //!
 //! The first request authenticates with the bootstrap token (`--bootstrap-token-file`, re-read
-//! every time: Kubernetes rotates projected tokens); renewals with the current certificate,
-//! plus the token when there is one. Renewal happens at 70% ± 5% of the lifetime; failures are
-//! retried with back-off while the current certificate keeps serving.
+//! every time: Kubernetes rotates projected tokens); renewals with the current certificate
+//! alone, or the token again once it has expired. The control plane is verified against
+//! `--ca-bundle` and the current trust bundle ([`super::control_plane`]), so a renewal follows
+//! a root rotation. Renewal happens at 70% ± 5% of the lifetime; failures are retried with
+//! back-off while the current certificate keeps serving.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -84,9 +86,10 @@ pub enum IssueError {
 
 impl CertificateClient {
     /// Asks for a certificate once. `current` is the identity in force when renewing: its
-    /// SPIFFE ID goes in the CSR and, while it is still valid, its certificate alone
-    /// authenticates the request (the token is not sent). An expired certificate would fail
-    /// the handshake, so then the token authenticates, as at start.
+    /// SPIFFE ID goes in the CSR, its trust bundle verifies the control plane (with
+    /// `--ca-bundle`), and while it is still valid its certificate alone authenticates the
+    /// request (the token is not sent). An expired certificate would fail the handshake, so
+    /// then none is presented and the token authenticates, as at start.
     pub async fn request(
         &self,
         current: Option<&Arc<Identity>>,
@@ -108,7 +111,7 @@ impl CertificateClient {
         .expect("a certificate request serializes");
         let answer = tokio::time::timeout(
             REQUEST_TIMEOUT,
-            self.exchange(valid, token.as_deref(), body),
+            self.exchange(current, token.as_deref(), body),
         )
         .await
         .map_err(|_| IssueError::Timeout)??;
@@ -132,7 +135,8 @@ impl CertificateClient {
         }
     }
 
-    /// One HTTP/2 request on a new connection.
+    /// One HTTP/2 request on a new connection; `current` presents its certificate while it
+    /// is valid.
     async fn exchange(
         &self,
         current: Option<&Arc<Identity>>,
