@@ -17,13 +17,14 @@ test:
 	cargo build -p skiff-proxy -p skiff-control
 	cargo nextest run --workspace --no-fail-fast
 
-# The benchmark (not part of `make test`; needs root): direct vs one and two Skiff hops vs nginx
-# and haproxy, side by side. Installs what it needs, builds release binaries, writes
+# The benchmark (not part of `make test`; needs root): direct vs one and two Skiff hops (two
+# also with mTLS, identities from skiff-control) vs nginx and haproxy, side by side, and mTLS
+# handshakes per second per core. Installs what it needs, builds release binaries, writes
 # bench/results/. `make bench ARGS=--quick` for a short development run; see bench/README.md.
 .PHONY: bench
 bench:
 	bench/install-deps.sh
-	cargo build --release -p skiff-proxy -p skiff-bench
+	cargo build --release -p skiff-proxy -p skiff-control -p skiff-bench
 	"$$(bench/setup-venv.sh)/bin/python" bench/run.py $(ARGS)
 
 # The control plane's fan-out (not part of `make test`; no root needed): 1,000 and 10,000
@@ -33,3 +34,12 @@ bench:
 bench-fanout:
 	cargo build --release -p skiff-control -p skiff-bench
 	python3 bench/fanout.py $(ARGS)
+
+# The fuzz targets (not part of `make test` or CI, whose time budget they would eat; no root
+# needed): every parser under libFuzzer for FUZZ_SECONDS each (default 60), one after another.
+# Needs the nightly toolchain; installs cargo-fuzz if missing. See fuzz/README.md.
+FUZZ_SECONDS ?= 60
+.PHONY: fuzz
+fuzz:
+	cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz
+	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh $(TARGETS)

@@ -60,6 +60,16 @@ enum Verdict {
     NeedMore,
 }
 
+/// The protocol a connection's first `bytes` show, or `None` while more are needed (what
+/// [`detect`] decides on after each read). Once `Some`, more bytes never change it: the fuzz
+/// target `detect` holds it to that.
+pub fn protocol_of(bytes: &[u8]) -> Option<Protocol> {
+    match classify(bytes) {
+        Verdict::Known(protocol) => Some(protocol),
+        Verdict::NeedMore => None,
+    }
+}
+
 fn classify(bytes: &[u8]) -> Verdict {
     if bytes.is_empty() {
         return Verdict::NeedMore;
@@ -99,9 +109,13 @@ fn classify_request_line(bytes: &[u8]) -> Verdict {
     // Request target: visible ASCII up to the next space.
     let rest = &bytes[method_len + 1..];
     let target_len = rest.iter().take_while(|b| b.is_ascii_graphic()).count();
+    // Judged by where the target ends, not by how many bytes have arrived: otherwise a long
+    // line would be opaque when its first 16 KiB came in one read and HTTP/1 when all of it did.
+    if method_len + 1 + target_len >= MAX_REQUEST_LINE {
+        return opaque;
+    }
     match rest.get(target_len) {
-        None if bytes.len() < MAX_REQUEST_LINE => return Verdict::NeedMore,
-        None => return opaque,
+        None => return Verdict::NeedMore,
         Some(b' ') if target_len > 0 => {}
         Some(_) => return opaque,
     }
@@ -294,6 +308,34 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Found by the `detect` fuzz target (seed `long-request-line`): a request line longer
+    /// than [`MAX_REQUEST_LINE`] was opaque after its first 16 KiB, then HTTP/1 once the rest
+    /// arrived, so the protocol depended on how the client's bytes were split into reads.
+    #[test]
+    fn a_request_line_too_long_is_opaque_however_it_arrives() {
+        let mut request = b"GET /search?q=".to_vec();
+        request.resize(17_014, b'a');
+        request.extend_from_slice(b" HTTP/1.1\r\nHost: shop\r\n\r\n");
+        for end in [
+            MAX_REQUEST_LINE - 1,
+            MAX_REQUEST_LINE,
+            16_556,
+            request.len(),
+        ] {
+            let expected = if end < MAX_REQUEST_LINE {
+                Verdict::NeedMore
+            } else {
+                Verdict::Known(Protocol::Tcp)
+            };
+            assert_eq!(classify(&request[..end]), expected, "first {end} bytes");
+        }
+        // The longest target that still fits is HTTP/1.
+        let mut request = b"GET /".to_vec();
+        request.resize(MAX_REQUEST_LINE - 1, b'a');
+        request.extend_from_slice(b" HTTP/1.1\r\n");
+        assert_eq!(classify(&request), Verdict::Known(Protocol::Http1));
     }
 
     #[tokio::test]

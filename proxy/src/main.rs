@@ -1,33 +1,5 @@
-//! `skiff-proxy`: the Skiff sidecar.
-//!
-//! Map of the crate, in the order a connection meets it:
-//! - [`capture`]: `skiff-proxy init` installs the iptables rules that send the pod's TCP here.
-//! - [`listener`]: binds ports, recovers the original destination, accepts.
-//! - [`outbound`] / [`inbound`]: plan a connection from the [`policy`] snapshot.
-//! - [`connection`] and [`detect`]: settle the protocol; [`tcp`] copies opaque bytes,
-//!   [`http`] serves and forwards requests over pooled upstream connections.
-//! - [`metrics`], [`admin`]: what operators see; [`drain`] and [`idle`]: how connections end.
-//! - [`app`]: wires it together; [`error`]: the failure classification every response uses.
-
-mod admin;
-mod app;
-mod authz;
-mod capture;
-mod connection;
-mod control;
-mod detect;
-mod drain;
-mod error;
-mod http;
-mod idle;
-mod inbound;
-mod listener;
-mod metrics;
-mod outbound;
-mod policy;
-mod route;
-mod tcp;
-mod tls;
+//! `skiff-proxy`: the sidecar's command line (`init`, `run`, `await`). Everything it runs lives
+//! in the library (`src/lib.rs`, whose crate docs map the request path).
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -35,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use skiff_proxy::{app, capture, control, policy, tls};
 
 #[derive(Parser)]
 #[command(name = "skiff-proxy", version, about = "The Skiff sidecar proxy")]

@@ -1,5 +1,5 @@
 //! Request path normalisation: the inbound sidecar normalises a request's path once, then
-//! authorises ([`crate::authz`]) and forwards exactly the same bytes, so an encoding trick that
+//! authorises (`authz.rs`) and forwards exactly the same bytes, so an encoding trick that
 //! slips past a rule cannot reach the app as the path the rule was written for.
 //!
 //! [`normalize`] applies, in order:
