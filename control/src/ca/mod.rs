@@ -377,9 +377,17 @@ pub(crate) fn generate_root(trust_domain: &str) -> Result<(String, String), CaEr
     params
         .distinguished_name
         .push(rcgen::DnType::OrganizationName, "skiff");
+    // The key's fingerprint in the name: two generated roots (before and after a rotation)
+    // never share a name, so a certificate of the other one is an unknown issuer, not a
+    // look-alike whose signature fails.
+    let fingerprint = ring::digest::digest(&ring::digest::SHA256, key.public_key_raw());
+    let fingerprint: String = fingerprint.as_ref()[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     params.distinguished_name.push(
         rcgen::DnType::CommonName,
-        format!("skiff root CA {trust_domain}"),
+        format!("skiff root CA {trust_domain} {fingerprint}"),
     );
     params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     params.key_usages = vec![
