@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""The Skiff benchmark: a direct connection, one and two Skiff hops, nginx and haproxy, side by
-side in one run, on one machine, reported as medians with min-max and as ratios to direct.
+"""The Skiff benchmark: a direct connection, one and two Skiff hops (plaintext, and mTLS with
+identities from a control plane), nginx and haproxy, side by side in one run, on one machine,
+reported as medians with min-max and as ratios to direct; and mTLS handshakes per second on
+the one core of a sidecar.
 
 Run it through `make bench` (installs what it needs and builds release binaries first), or
 directly as root: `target/bench-venv/bin/python bench/run.py [--quick]`. bench/README.md explains
@@ -24,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.load import h2load, memory, oha, tcp_bulk
+from harness.load import h2load, handshakes, memory, oha, tcp_bulk
 from harness.mesh import NS_PREFIX, POD_NET, VIP_NET, Mesh, http_status
 from harness.plots import plots
 from harness.report import collect_errors, report
@@ -50,6 +52,8 @@ class Settings:
     h1_connections: int  # h2load --h1 -c at maximum throughput
     h2_connections: int  # h2load -c
     h2_streams: int  # h2load -m: concurrent streams per connection
+    handshake_seconds: float  # each kind of connection of the handshake figure
+    handshake_concurrency: int  # connections in flight during it
 
 
 FULL = Settings(
@@ -64,6 +68,8 @@ FULL = Settings(
     h1_connections=64,
     h2_connections=4,
     h2_streams=64,
+    handshake_seconds=3,
+    handshake_concurrency=32,
 )
 QUICK = Settings(
     repetitions=2,
@@ -77,7 +83,12 @@ QUICK = Settings(
     h1_connections=64,
     h2_connections=4,
     h2_streams=64,
+    handshake_seconds=2,
+    handshake_concurrency=32,
 )
+
+# The kinds of connection of the handshake figure: plaintext first, the baseline to subtract.
+HANDSHAKE_MODES = ("plaintext", "full", "resumed")
 
 
 @dataclass
@@ -120,12 +131,13 @@ def warm_up(tools, target, settings):
     oha(tools, target, settings.warmup_seconds, settings.latency_connections, settings.rates[0])
 
 
-def measure_all(tools, settings, target_list, rotate=True):
+def measure_all(tools, settings, target_list, mesh, rotate=True):
     """Every figure on every target, `settings.repetitions` times. In each repetition: fresh
     proxies for the memory figures (idle, then idle connections); fresh proxies again for the
-    load figures (a warm-up, then latency from the lowest rate up, throughput, TCP), so neither
-    inherits the other's memory. Each figure is measured on every target in turn (A B C … A B C
-    …), the order rotating between repetitions."""
+    load figures (a warm-up, then latency from the lowest rate up, throughput, TCP, and last the
+    handshakes into the server sidecar of an mTLS target), so neither inherits the other's
+    memory. Each figure is measured on every target in turn (A B C … A B C …), the order
+    rotating between repetitions."""
     raw = {}  # figure -> target -> [one dict per repetition]
     proxies = all_proxies(target_list)
     figure_list = figures(tools, settings)
@@ -157,6 +169,22 @@ def measure_all(tools, settings, target_list, rotate=True):
                         # Keep the rest of the run; the report lists the failure.
                         values = {"errors": 1, "error_kinds": {"failed": str(error)[:500]}}
                     record(raw, figure.key, target, values)
+            for target in order:
+                if target.handshake_proxy is None:
+                    continue
+                for mode in HANDSHAKE_MODES:
+                    try:
+                        values = handshakes(
+                            tools,
+                            target,
+                            mesh,
+                            settings.handshake_seconds,
+                            settings.handshake_concurrency,
+                            mode,
+                        )
+                    except (RuntimeError, ValueError, subprocess.TimeoutExpired) as error:
+                        values = {"errors": 1, "error_kinds": {"failed": str(error)[:500]}}
+                    record(raw, f"handshakes_{mode}", target, values)
         finally:
             for proxy in proxies:
                 proxy.stop()
@@ -164,7 +192,18 @@ def measure_all(tools, settings, target_list, rotate=True):
 
 
 # What the progress log shows of each measurement.
-LOGGED = ("rps", "p50_us", "p99_us", "gbps", "cpu_us_per_request", "idle_rss_kib", "errors")
+LOGGED = (
+    "rps",
+    "p50_us",
+    "p99_us",
+    "gbps",
+    "cpu_us_per_request",
+    "idle_rss_kib",
+    "per_second",
+    "resumed",
+    "cpu_us_per_connection",
+    "errors",
+)
 
 
 def record(raw, key, target, values):
@@ -294,6 +333,10 @@ def main():
             [os.environ.get("SKIFF_PROXY_BIN"), target_dir / "release" / "skiff-proxy"],
         ),
         "skiff-bench": find_tool("skiff-bench", [target_dir / "release" / "skiff-bench"]),
+        "skiff-control": find_tool(
+            "skiff-control",
+            [os.environ.get("SKIFF_CONTROL_BIN"), target_dir / "release" / "skiff-control"],
+        ),
         "oha": find_tool("oha", [shutil.which("oha"), cargo_home / "bin" / "oha"]),
     }
 
@@ -327,7 +370,7 @@ def main():
         log(f"mesh: namespaces {NS_PREFIX}*, pods on {POD_NET}.0/24, VIPs on {VIP_NET}.0/24")
         mesh.create()
         mesh.write_policy()
-        for pod in ("upstream", "server"):
+        for pod in ("upstream", "server", "mtls-server"):
             mesh.start_upstream(pod, tools["skiff-bench"])
         target_list = targets(mesh, tools["skiff-proxy"])
         if args.targets:
@@ -339,10 +382,12 @@ def main():
                     + ", ".join(t.name for t in target_list)
                 )
             target_list = [t for t in target_list if t.name in wanted]
+        if any(getattr(proxy, "mtls", False) for proxy in all_proxies(target_list)):
+            mesh.start_control_plane(tools["skiff-control"])
         for proxy in all_proxies(target_list):
             proxy.prepare()
 
-        raw = measure_all(tools, settings, target_list)
+        raw = measure_all(tools, settings, target_list, mesh)
         perf_report = None
         if args.perf:
             skiff = next((t for t in target_list if t.name == "skiff-1hop"), None)

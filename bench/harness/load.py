@@ -7,6 +7,7 @@ import re
 import subprocess
 import time
 
+from .mesh import pod_ns
 from .system import LOAD_CORE, PROXY_CORE, Usage, in_ns, rss_kib, run
 
 H2LOAD_REQUESTS = re.compile(
@@ -160,3 +161,53 @@ def memory(tools, target, connections):
         "kib_per_1000_idle": (held - idle) * 1000 / connections,
         "errors": 0,
     }
+
+
+def handshakes(tools, target, mesh, seconds, concurrency, mode):
+    """New connections per second into the server sidecar of an mTLS target, made by
+    `skiff-bench handshakes` from the plain pod (no sidecar of its own) to a port of the server
+    pod, which its capture sends to the sidecar's inbound port: `full` TLS 1.3 handshakes,
+    `resumed` ones, or `plaintext` TCP for comparison; each connection closed after the
+    handshake. The sidecar's CPU time gives its cost per connection, and so the rate one core
+    sustains, even when the client's core is the limit."""
+    argv = [
+        tools["skiff-bench"],
+        "handshakes",
+        "--addr",
+        target.handshake_addr,
+        "--ca-dir",
+        mesh.ca_dir,
+        "--server-identity",
+        target.handshake_identity,
+        "--mode",
+        mode,
+        "--concurrency",
+        concurrency,
+        "--seconds",
+        seconds,
+    ]
+    sidecar = target.handshake_proxy
+    with Usage({sidecar.name: sidecar.pids()}) as usage:
+        result = run(in_ns(pod_ns("plain"), argv, core=LOAD_CORE), timeout=seconds + 60)
+    report = json.loads(result.stdout)
+    connections = report["connections"]
+    figures = {
+        "connections": connections,
+        "per_second": report["per_second"],
+        "full": report["full"],
+        "resumed": report["resumed"],
+        "errors": report["errors"],
+        "error_kinds": report["error_kinds"],
+        "handshake_p50_us": report["handshake_p50_us"],
+        "negotiated": report.get("negotiated", {}),
+        "proxy_cpu_s": usage.cpu,
+        "wall_s": usage.wall,
+        "proxy_busy": usage.cpu / usage.wall,
+        "load_core_busy": usage.core_busy.get(LOAD_CORE),
+        "proxy_core_busy": usage.core_busy.get(PROXY_CORE),
+    }
+    if connections:
+        figures["cpu_us_per_connection"] = usage.cpu / connections * 1e6
+        if usage.cpu > 0:
+            figures["per_core_second"] = connections / usage.cpu
+    return figures

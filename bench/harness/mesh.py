@@ -1,6 +1,7 @@
 """The run's network: pods as network namespaces on a bridge, as in the test harness lab/
-(ip netns, veth, a bridge), service VIPs that no interface owns, and the Service +
-EndpointSlice policy that the sidecars read."""
+(ip netns, veth, a bridge), service VIPs that no interface owns, the Service + EndpointSlice
+policy that the sidecars read, and the control plane that gives the mTLS pods' sidecars their
+identities and configuration."""
 
 import contextlib
 import os
@@ -14,7 +15,9 @@ from pathlib import Path
 from .system import LOAD_CORE, in_ns, run, stop, wait_for
 
 # Network namespaces of the run: "skb-net" holds the bridge, the others are pods.
-NS_PREFIX = "skb-"
+# SKIFF_BENCH_NS_PREFIX gives a run prefixes of its own (a run deletes every namespace that
+# starts with its prefix, at its start and end).
+NS_PREFIX = os.environ.get("SKIFF_BENCH_NS_PREFIX", "skb-")
 NET_NS = NS_PREFIX + "net"
 POD_NET = "10.250.0"  # pod IPs: POD_NET.10+; the bridge is POD_NET.1
 VIP_NET = "10.251.0"  # service VIPs, owned by no interface (reachable only through capture)
@@ -25,11 +28,23 @@ PODS = {
     "client2": 12,  # with a sidecar: the client of two Skiff hops
     "upstream": 13,  # no sidecar: the upstream of direct, one hop, nginx and haproxy
     "server": 14,  # with a sidecar: the upstream of two hops
+    "mtls-client": 15,  # with a sidecar (identity from the control plane): client of mTLS 2 hops
+    "mtls-server": 16,  # with a sidecar (identity from the control plane): upstream of mTLS 2 hops
 }
+# The pods whose sidecars run in control-plane mode: they have a Workload (identity, bootstrap
+# token) in the control plane's policy and speak mTLS to each other.
+MTLS_PODS = ("mtls-client", "mtls-server")
 HTTP_PORT = 8080  # the upstream's HTTP/1.1 + h2c port
 TCP_PORT = 9000  # the upstream's TCP bulk port
 SERVICE_HTTP_PORT = 80  # the Services' HTTP port (-> HTTP_PORT); the TCP port keeps its number
 NAMESPACE = "default"
+# The control plane, in the bridge's namespace on the bridge address: every pod reaches it, and
+# sidecars (UID 1337) are never captured, as in lab/src/control.rs.
+CONTROL_API = f"{POD_NET}.1:15010"
+CONTROL_ADMIN = f"{POD_NET}.1:15014"
+CONTROL_IDENTITY = "spiffe://cluster.local/ns/skiff-system/sa/skiff-control"
+TRUST_DOMAIN = "cluster.local"
+SIDECAR_UID = 1337
 
 
 def pod_ns(pod):
@@ -41,7 +56,16 @@ def pod_ip(pod):
 
 
 def vip_of(service):
-    return {"upstream": f"{VIP_NET}.10", "server": f"{VIP_NET}.11"}[service]
+    return {
+        "upstream": f"{VIP_NET}.10",
+        "server": f"{VIP_NET}.11",
+        "mtls-server": f"{VIP_NET}.12",
+    }[service]
+
+
+def spiffe_id(pod):
+    """The identity of an mTLS pod's sidecar: its Workload's service account is the pod's name."""
+    return f"spiffe://{TRUST_DOMAIN}/ns/{NAMESPACE}/sa/{pod}"
 
 
 class Mesh:
@@ -55,6 +79,15 @@ class Mesh:
         # tree; a copy goes to run_dir/policy for the record.
         self.policy = Path(tempfile.mkdtemp(prefix="skiff-bench-policy-"))
         self.policy.chmod(0o755)
+        # The control plane's own: the mTLS pods' Service and their Workloads, so the sidecars
+        # of the plaintext targets read exactly what they read before it existed. Beside it its
+        # CA directory (`ca-bundle.pem` is what the sidecars trust) and the bootstrap tokens.
+        self.control_dir = Path(tempfile.mkdtemp(prefix="skiff-bench-control-"))
+        self.control_dir.chmod(0o755)
+        self.control_policy = self.control_dir / "policy"
+        self.ca_dir = self.control_dir / "ca"
+        self.tokens = self.control_dir / "tokens"
+        self.control = None
         self.procs = []
 
     def create(self):
@@ -127,7 +160,9 @@ class Mesh:
         )
 
     def write_policy(self):
-        """A Service + EndpointSlice per upstream pod: `upstream` (no sidecar) and `server`."""
+        """A Service + EndpointSlice per upstream pod: `upstream` (no sidecar) and `server`, read
+        by the plaintext sidecars; `mtls-server` and a Workload per mTLS pod, read by the control
+        plane (copies of both in run_dir)."""
         (self.run_dir / "policy").mkdir(parents=True, exist_ok=True)
         for name, pod, vip in (
             ("upstream", "upstream", vip_of("upstream")),
@@ -136,12 +171,59 @@ class Mesh:
             yaml = service_yaml(name, vip, pod_ip(pod), pod)
             for directory in (self.policy, self.run_dir / "policy"):
                 (directory / f"{name}.yaml").write_text(yaml)
+        files = {
+            "mtls-server.yaml": service_yaml(
+                "mtls-server", vip_of("mtls-server"), pod_ip("mtls-server"), "mtls-server"
+            )
+        }
+        self.tokens.mkdir(mode=0o755, exist_ok=True)
+        for pod in MTLS_PODS:
+            token = f"skiff-bench-{pod}-{os.urandom(12).hex()}"
+            files[f"workload-{pod}.yaml"] = workload_yaml(pod, token)
+            write_secret(self.token_file(pod), token, SIDECAR_UID)
+        for directory in (self.control_policy, self.run_dir / "control-policy"):
+            directory.mkdir(parents=True, exist_ok=True)
+            for name, yaml in files.items():
+                (directory / name).write_text(yaml)
+
+    def token_file(self, pod):
+        """The bootstrap token of an mTLS pod's Workload (`--bootstrap-token-file`)."""
+        return self.tokens / pod
+
+    def ca_bundle(self):
+        """The control plane's trust bundle (`--ca-bundle` of the mTLS sidecars)."""
+        return self.ca_dir / "ca-bundle.pem"
+
+    def start_control_plane(self, control_bin):
+        """`skiff-control` in the bridge's namespace, on the load core, until close(): it
+        generates a root in ca_dir on first start, signs the mTLS sidecars' certificates and
+        streams them their configuration. Idle during the measurements but for its polls."""
+        argv = [
+            control_bin,
+            "--policy",
+            self.control_policy,
+            "--listen",
+            CONTROL_API,
+            "--admin",
+            CONTROL_ADMIN,
+            "--ca-dir",
+            self.ca_dir,
+        ]
+        env = dict(os.environ, SKIFF_LOG="info", NO_COLOR="1")
+        self.control = self.spawn("skiff-control", in_ns(NET_NS, argv, core=LOAD_CORE), env=env)
+        wait_for(
+            "the control plane to be ready",
+            lambda: http_status(NET_NS, f"http://{CONTROL_ADMIN}/healthz/ready") == "200"
+            and self.ca_bundle().exists(),
+            self.control,
+        )
 
     def close(self):
         for proc in self.procs:
             stop(proc)
         delete_namespaces()
         shutil.rmtree(self.policy, ignore_errors=True)
+        shutil.rmtree(self.control_dir, ignore_errors=True)
 
 
 def service_yaml(name, vip, ip, pod):
@@ -165,6 +247,26 @@ def service_yaml(name, vip, ip, pod):
         f'- addresses:\n  - "{ip}"\n  conditions:\n    ready: true\n  targetRef:\n'
         f"    kind: Pod\n    name: {pod}\n    namespace: {NAMESPACE}\nports:\n{slice_ports}"
     )
+
+
+def workload_yaml(pod, token):
+    """The pod's `skiff.dev/v1alpha1` Workload: its identity (service account = the pod's name)
+    and the token its sidecar bootstraps its first certificate with (lab/src/policy.rs
+    `render_workload`)."""
+    return (
+        f"apiVersion: skiff.dev/v1alpha1\nkind: Workload\nmetadata:\n  name: {pod}\n"
+        f"  namespace: {NAMESPACE}\nspec:\n  serviceAccount: {pod}\n"
+        f'  addresses: ["{pod_ip(pod)}"]\n  bootstrapToken: {token}\n'
+    )
+
+
+def write_secret(path, text, uid):
+    """Writes `text` to `path`, readable by `uid` only."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(text)
+    os.chown(path, uid, uid)
 
 
 def delete_namespaces():

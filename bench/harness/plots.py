@@ -1,4 +1,5 @@
-"""The PNG plots: latency percentiles, throughput and cost per target."""
+"""The PNG plots: latency percentiles, throughput and cost per target, and the handshakes per
+second of a sidecar."""
 
 from .report import paired, ratio, series, summary
 from .system import PROXY_CORE
@@ -16,6 +17,7 @@ def plots(raw, settings, target_list, out_dir):
         "direct": "#7f7f7f",
         "skiff-1hop": "#1f77b4",
         "skiff-2hop": "#6baed6",
+        "skiff-2hop-mtls": "#9467bd",
         "nginx": "#2ca02c",
         "haproxy": "#d62728",
     }
@@ -173,9 +175,63 @@ def plots(raw, settings, target_list, out_dir):
         ax.set_title(title)
         ax.tick_params(axis="x", labelrotation=20)
         ax.margins(y=0.2)
-    fig.suptitle("Cost of the proxy (skiff-2hop: both sidecars added up)")
+    fig.suptitle("Cost of the proxy (skiff-2hop, skiff-2hop-mtls: both sidecars added up)")
     fig.tight_layout()
     fig.savefig(out_dir / "cost.png", dpi=110)
     plt.close(fig)
     written.append(out_dir / "cost.png")
+
+    # Handshakes: connections per second one core of the sidecar sustains, by kind.
+    for name in names:
+        kinds = [
+            (mode, label)
+            for mode, label in (
+                ("plaintext", "plaintext TCP"),
+                ("full", "mTLS full"),
+                ("resumed", "mTLS resumed"),
+            )
+            if raw.get(f"handshakes_{mode}", {}).get(name)
+        ]
+        if not kinds:
+            continue
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+        for ax, (value, title, digits) in zip(
+            axes,
+            [
+                (
+                    "per_core_second",
+                    "connections/s per sidecar core\n(10⁶ ÷ CPU µs/connection)",
+                    0,
+                ),
+                ("cpu_us_per_connection", "sidecar CPU µs per connection", 1),
+            ],
+        ):
+            stats = [summary(series(raw, f"handshakes_{mode}", name, value)) for mode, _ in kinds]
+            med = [st[0] if st else 0 for st in stats]
+            err = [
+                [st[0] - st[1] if st else 0 for st in stats],
+                [st[2] - st[0] if st else 0 for st in stats],
+            ]
+            labels = [label for _, label in kinds]
+            ax.bar(labels, med, yerr=err, capsize=4, color=["#bbb", "#9467bd", "#c5b0d5"])
+            for i, m in enumerate(med):
+                ax.annotate(
+                    f"{m:,.{digits}f}",
+                    (i, m + err[1][i]),
+                    ha="center",
+                    va="bottom",
+                    fontsize=8,
+                    xytext=(0, 3),
+                    textcoords="offset points",
+                )
+            ax.set_title(title)
+            ax.margins(y=0.2)
+        fig.suptitle(
+            f"New connections into the server sidecar of {name} (one worker, core {PROXY_CORE}; "
+            "median, whiskers min–max)"
+        )
+        fig.tight_layout()
+        fig.savefig(out_dir / "handshakes.png", dpi=110)
+        plt.close(fig)
+        written.append(out_dir / "handshakes.png")
     return written

@@ -4,7 +4,17 @@ count."""
 
 import os
 
-from .mesh import HTTP_PORT, NAMESPACE, TCP_PORT, http_status, listening, pod_ip, pod_ns
+from .mesh import (
+    CONTROL_API,
+    CONTROL_IDENTITY,
+    HTTP_PORT,
+    NAMESPACE,
+    TCP_PORT,
+    http_status,
+    listening,
+    pod_ip,
+    pod_ns,
+)
 from .system import PROXY_CORE, descendants, in_ns, run, stop, wait_for
 
 # Local ports of nginx and haproxy inside the "plain" pod.
@@ -14,10 +24,13 @@ HAPROXY_PORTS = {"h1": 28080, "h2": 28081, "tcp": 29000}
 
 class Skiff:
     """A `skiff-proxy run` sidecar in a pod whose capture rules `skiff-proxy init` installed once;
-    it runs as UID 1337 on the proxy core."""
+    it runs as UID 1337 on the proxy core (one worker thread, the default). With `mtls` it runs
+    in control-plane mode: it bootstraps its certificate with its Workload's token, streams its
+    configuration from the mesh's control plane, and speaks mTLS to the other mTLS sidecar; it
+    is ready once its first configuration is applied."""
 
-    def __init__(self, mesh, proxy_bin, pod):
-        self.mesh, self.bin, self.pod = mesh, proxy_bin, pod
+    def __init__(self, mesh, proxy_bin, pod, mtls=False):
+        self.mesh, self.bin, self.pod, self.mtls = mesh, proxy_bin, pod, mtls
         self.name = f"{pod} sidecar"
         self.proc = None
 
@@ -26,6 +39,19 @@ class Skiff:
         run(in_ns(pod_ns(self.pod), [self.bin, "init"]))
 
     def start(self):
+        if self.mtls:
+            source = [
+                "--control-plane",
+                CONTROL_API,
+                "--ca-bundle",
+                self.mesh.ca_bundle(),
+                "--control-plane-identity",
+                CONTROL_IDENTITY,
+                "--bootstrap-token-file",
+                self.mesh.token_file(self.pod),
+            ]
+        else:
+            source = ["--policy", self.mesh.policy]
         argv = in_ns(
             pod_ns(self.pod),
             [
@@ -36,8 +62,7 @@ class Skiff:
                 "--",
                 self.bin,
                 "run",
-                "--policy",
-                self.mesh.policy,
+                *source,
                 "--namespace",
                 NAMESPACE,
                 "--workload",

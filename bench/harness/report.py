@@ -17,11 +17,11 @@ def series(raw, key, target, value):
     return [run.get(value) for run in raw.get(key, {}).get(target, [])]
 
 
-def paired(raw, key, target, value, how):
-    """Per repetition, `how(target's value, direct's value)` from the same repetition."""
-    mine, direct = series(raw, key, target, value), series(raw, key, "direct", value)
+def paired(raw, key, target, value, how, against="direct"):
+    """Per repetition, `how(target's value, against's value)` from the same repetition."""
+    mine, other = series(raw, key, target, value), series(raw, key, against, value)
     return [
-        how(m, d) if m is not None and d not in (None, 0) else None for m, d in zip(mine, direct)
+        how(m, d) if m is not None and d not in (None, 0) else None for m, d in zip(mine, other)
     ]
 
 
@@ -77,8 +77,8 @@ def report(raw, settings, info, target_list, args, errors):
         "summarised the same way. Proxies (skiff, nginx, haproxy) are pinned to core "
         f"{PROXY_CORE}; load generators and the upstream to core {LOAD_CORE}. **Each proxy gets "
         "one core and one worker**: skiff's default single-threaded runtime, nginx "
-        "`worker_processes 1`, haproxy `nbthread 1`. skiff-2hop counts both sidecars (CPU and "
-        "memory added up; both share the proxy core).\n"
+        "`worker_processes 1`, haproxy `nbthread 1`. skiff-2hop and skiff-2hop-mtls count both "
+        "sidecars (CPU and memory added up; both share the proxy core).\n"
     )
     out.append("| target | path |\n|---|---|")
     out.extend(f"| {t.name} | {t.description} |" for t in target_list)
@@ -233,6 +233,8 @@ def report(raw, settings, info, target_list, args, errors):
         if splits:
             out.append(f"\n{name}, CPU µs/req per proxy: " + "; ".join(splits) + ".")
     out.append("")
+    out.extend(mtls_section(raw, settings, names, reference))
+    out.extend(handshake_section(raw, settings, names))
     if errors:
         out.append("## Errors during the run\n")
         out.append(
@@ -257,3 +259,145 @@ def collect_errors(raw):
                         f"{key} on {name}, repetition {i + 1}: {values['errors']} errors {values.get('error_kinds', '')}"
                     )
     return errors
+
+
+# The mTLS target and the plaintext one it is compared with.
+MTLS_TARGET = "skiff-2hop-mtls"
+PLAINTEXT_TARGET = "skiff-2hop"
+
+
+def mtls_section(raw, settings, names, reference):
+    """skiff-2hop-mtls against skiff-2hop, figure by figure, paired within each repetition."""
+    if MTLS_TARGET not in names or PLAINTEXT_TARGET not in names:
+        return []
+    out = [
+        "## mTLS between sidecars: skiff-2hop-mtls against skiff-2hop\n",
+        "The same two hops (client sidecar → server sidecar → upstream, both sidecars on the proxy "
+        "core), once in plaintext and once with identities from skiff-control: TLS 1.3 between "
+        "the sidecars, HTTP/1.1 and h2c carried over one pooled HTTP/2 connection (ALPN "
+        "`skiff/h2`), TCP over a TLS connection of its own (`skiff/tcp`). *mTLS − plaintext* and "
+        "*mTLS ÷ plaintext* are computed within each repetition, then summarised: median "
+        "(min…max). CPU and memory count both sidecars.\n",
+        f"| figure | {PLAINTEXT_TARGET} | {MTLS_TARGET} | mTLS − plaintext | mTLS ÷ plaintext |",
+        "|---|---|---|---|---|",
+    ]
+    rows = []
+    for rate in settings.rates:
+        for value, label in (("p50_us", "p50"), ("p99_us", "p99")):
+            rows.append((f"{label} @{rate:,} req/s (µs)", f"h1_latency@{rate}", value, 0, 1.0))
+    rows += [
+        ("HTTP/1.1 req/s (max)", "h1_throughput", "rps", 0, 1.0),
+        ("h2c req/s (max)", "h2_throughput", "rps", 0, 1.0),
+        ("TCP download GB/s", "tcp_download", "gbps", 2, 1.0),
+        ("TCP upload GB/s", "tcp_upload", "gbps", 2, 1.0),
+        ("CPU µs/req, HTTP/1.1 max", "h1_throughput", "cpu_us_per_request", 1, 1.0),
+        ("CPU µs/req, h2c max", "h2_throughput", "cpu_us_per_request", 1, 1.0),
+        (f"CPU µs/req @{reference:,}", f"h1_latency@{reference}", "cpu_us_per_request", 1, 1.0),
+        ("RSS idle (MiB)", "memory", "idle_rss_kib", 1, 1 / 1024),
+        ("KiB per idle connection", "memory", "kib_per_1000_idle", 1, 1 / 1000),
+    ]
+    for label, key, value, digits, scale in rows:
+        difference = summary(paired(raw, key, MTLS_TARGET, value, delta, PLAINTEXT_TARGET))
+        quotient = summary(paired(raw, key, MTLS_TARGET, value, ratio, PLAINTEXT_TARGET))
+        out.append(
+            f"| {label} "
+            f"| {fmt(summary(series(raw, key, PLAINTEXT_TARGET, value)), digits, scale)} "
+            f"| {fmt(summary(series(raw, key, MTLS_TARGET, value)), digits, scale)} "
+            f"| {fmt_signed(difference, digits, scale)} "
+            f"| {fmt_ratio(quotient)} |"
+        )
+    out.append("")
+    return out
+
+
+def fmt_signed(stat, digits, scale):
+    if stat is None:
+        return "—"
+    med, lo, hi = (v * scale for v in stat)
+    return f"{med:+,.{digits}f} ({lo:+,.{digits}f}…{hi:+,.{digits}f})"
+
+
+HANDSHAKE_KINDS = (
+    ("plaintext", "plaintext TCP (no TLS)"),
+    ("full", "mTLS, full handshake"),
+    ("resumed", "mTLS, resumed (TLS 1.3 ticket)"),
+)
+
+
+def handshake_section(raw, settings, names):
+    """New connections per second into one sidecar on one core."""
+    measured = [n for n in names if raw.get("handshakes_full", {}).get(n)]
+    if not measured:
+        return []
+    out = [
+        "## Handshakes per second on one core\n",
+        "`skiff-bench handshakes` in the plain pod (core "
+        f"{LOAD_CORE}) opens new connections to a port of the mTLS server pod, which its capture "
+        f"sends to the sidecar's inbound port (the sidecar: one worker, pinned to core "
+        f"{PROXY_CORE}), {settings.handshake_concurrency} at a time for "
+        f"{settings.handshake_seconds} s each kind. Each completes a TLS 1.3 handshake (ALPN "
+        "`skiff/tcp`, X25519, ECDSA P-256 leaves on both sides, the client's certificate signed by "
+        "the control plane's root and the sidecar's verified against `ca-bundle.pem` and its SPIFFE "
+        "ID), then sends `close\\n` to the app behind the sidecar, which closes at once, reads until "
+        "the sidecar has forwarded that close, and closes too (the server side closes first: no "
+        "client port is held in TIME-WAIT). *Per core* is what one core of "
+        "the sidecar sustains: connections ÷ the sidecar's CPU seconds (10⁶ ÷ CPU µs per "
+        "connection), whichever core was the limit of the measured rate. *TLS cost* is the "
+        "sidecar's CPU per connection minus that of plaintext, within each repetition.\n",
+        "| target | connection | connections/s measured | sidecar CPU µs/connection "
+        "| **per core: connections/s** | TLS cost µs | sidecar busy | core "
+        f"{LOAD_CORE} busy | resumed |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in measured:
+        for mode, label in HANDSHAKE_KINDS:
+            key = f"handshakes_{mode}"
+            runs = raw.get(key, {}).get(name, [])
+            if not runs:
+                continue
+            tls_cost = (
+                "—"
+                if mode == "plaintext"
+                else fmt_signed(
+                    summary(
+                        [
+                            m - p if m is not None and p is not None else None
+                            for m, p in zip(
+                                series(raw, key, name, "cpu_us_per_connection"),
+                                series(raw, "handshakes_plaintext", name, "cpu_us_per_connection"),
+                            )
+                        ]
+                    ),
+                    1,
+                    1.0,
+                )
+            )
+            shares = [
+                r["resumed"] / max(r["full"] + r["resumed"], 1)
+                for r in runs
+                if r.get("full") is not None
+            ]
+            out.append(
+                f"| {name} | {label} "
+                f"| {fmt(summary(series(raw, key, name, 'per_second')))} "
+                f"| {fmt(summary(series(raw, key, name, 'cpu_us_per_connection')), 1)} "
+                f"| **{fmt(summary(series(raw, key, name, 'per_core_second')))}** "
+                f"| {tls_cost} "
+                f"| {fmt_pct(summary(series(raw, key, name, 'proxy_busy')))} "
+                f"| {fmt_pct(summary(series(raw, key, name, 'load_core_busy')))} "
+                f"| {'—' if mode == 'plaintext' else fmt_pct(summary(shares))} |"
+            )
+    negotiated = {}
+    for mode in ("full", "resumed"):
+        for name in measured:
+            for values in raw.get(f"handshakes_{mode}", {}).get(name, []):
+                for parameters, n in (values.get("negotiated") or {}).items():
+                    negotiated[parameters] = negotiated.get(parameters, 0) + n
+    if negotiated:
+        out.append(
+            "\nNegotiated (cipher suite / key exchange, TLS connections of the run): "
+            + ", ".join(f"{p} × {n:,}" for p, n in sorted(negotiated.items()))
+            + "."
+        )
+    out.append("")
+    return out

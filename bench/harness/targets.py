@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass, field
 
-from .mesh import HTTP_PORT, SERVICE_HTTP_PORT, TCP_PORT, pod_ip, pod_ns, vip_of
+from .mesh import HTTP_PORT, SERVICE_HTTP_PORT, TCP_PORT, pod_ip, pod_ns, spiffe_id, vip_of
 from .proxies import HAPROXY_PORTS, NGINX_PORTS, Haproxy, Nginx, Skiff
 
 
@@ -17,6 +17,12 @@ class Target:
     h2_url: str
     tcp_addr: str
     proxies: list = field(default_factory=list)  # whose CPU and memory count
+    # mTLS targets: the server-side sidecar whose handshakes per second are measured, the
+    # address `skiff-bench handshakes` dials (a port of its pod, captured to its inbound port),
+    # and the SPIFFE ID it must prove.
+    handshake_proxy: object = None
+    handshake_addr: str = None
+    handshake_identity: str = None
 
     @property
     def h1_addr(self):
@@ -35,7 +41,10 @@ def targets(mesh, proxy_bin):
     client1_sidecar = Skiff(mesh, proxy_bin, "client1")
     client2_sidecar = Skiff(mesh, proxy_bin, "client2")
     server_sidecar = Skiff(mesh, proxy_bin, "server")
+    mtls_client_sidecar = Skiff(mesh, proxy_bin, "mtls-client", mtls=True)
+    mtls_server_sidecar = Skiff(mesh, proxy_bin, "mtls-server", mtls=True)
     up, one, two = pod_ip("upstream"), vip_of("upstream"), vip_of("server")
+    two_mtls = vip_of("mtls-server")
     plain = pod_ns("plain")
     return [
         Target(
@@ -63,6 +72,18 @@ def targets(mesh, proxy_bin):
             f"http://{two}:{SERVICE_HTTP_PORT}/",
             f"{two}:{TCP_PORT}",
             [client2_sidecar, server_sidecar],
+        ),
+        Target(
+            "skiff-2hop-mtls",
+            "as skiff-2hop, the sidecars with identities from skiff-control: mTLS between them",
+            pod_ns("mtls-client"),
+            f"http://{two_mtls}:{SERVICE_HTTP_PORT}/",
+            f"http://{two_mtls}:{SERVICE_HTTP_PORT}/",
+            f"{two_mtls}:{TCP_PORT}",
+            [mtls_client_sidecar, mtls_server_sidecar],
+            handshake_proxy=mtls_server_sidecar,
+            handshake_addr=f"{pod_ip('mtls-server')}:{TCP_PORT}",
+            handshake_identity=spiffe_id("mtls-server"),
         ),
         Target(
             "nginx",

@@ -1,7 +1,9 @@
 //! Opaque TCP bulk transfer: a server that is a source or a sink of bytes, and the client that
 //! measures the throughput. The client names the direction in its first line (`source\n`: the
 //! server sends; `sink\n`: the server receives). The line is not HTTP, so a proxy that detects
-//! protocols treats the connection as opaque TCP at once.
+//! protocols treats the connection as opaque TCP at once. A third command, `close\n`, has the
+//! server close at once: the connections of `skiff-bench handshakes`, which this side closes
+//! first so that neither the client nor a sidecar in between holds a port in TIME-WAIT.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
@@ -62,6 +64,9 @@ pub async fn serve(listener: TcpListener) -> io::Result<()> {
 
 async fn serve_connection(mut stream: TcpStream) -> io::Result<()> {
     let command = read_command(&mut stream).await?;
+    if command == b"close" {
+        return Ok(());
+    }
     let mut buffer = vec![0u8; CHUNK];
     match command.as_slice() {
         b"source" => loop {
@@ -81,7 +86,7 @@ async fn serve_connection(mut stream: TcpStream) -> io::Result<()> {
         }
         _ => Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            "expected `source` or `sink`",
+            "expected `source`, `sink` or `close`",
         )),
     }
 }

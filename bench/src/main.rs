@@ -9,12 +9,18 @@
 //!   connection.
 //! - [`fanout`]: N simulated proxies on one control plane: time from a policy edit until every
 //!   proxy has ACKed it, and the control plane's memory per connected proxy.
+//! - [`handshakes`]: new mTLS connections per second into a sidecar, as a peer sidecar makes
+//!   them (full, resumed, and plaintext for comparison).
+//! - [`identity`]: workload certificates signed with a control plane's CA files, for the two
+//!   above.
 //!
 //! The orchestration (pods, proxies, load generators, tables, plots) is `bench/run.py`, and
 //! `bench/fanout.py` for the control plane; see `bench/README.md`.
 
 mod bulk;
 mod fanout;
+mod handshakes;
+mod identity;
 mod idle;
 mod upstream;
 
@@ -72,12 +78,16 @@ enum Command {
     /// Connect N simulated proxies to a control plane, edit its policy, and measure how long
     /// until every proxy has ACKed each edit; prints one JSON object.
     Fanout(fanout::Args),
+    /// Open new mTLS (or plaintext) connections to a sidecar's inbound port as fast as it
+    /// accepts them, each closed after the handshake; prints one JSON object.
+    Handshakes(handshakes::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Upstream { http, tcp } => run_upstream(http, tcp),
         Command::Fanout(args) => fanout::run(args),
+        Command::Handshakes(args) => handshakes::run(args),
         Command::Tcp {
             addr,
             direction,

@@ -139,7 +139,7 @@ impl Run {
             admin: args.admin,
             pid: args.pid,
         };
-        let signer = tls::Signer::load(&args.ca_dir, &args.trust_domain)
+        let signer = crate::identity::Signer::load(&args.ca_dir, &args.trust_domain)
             .with_context(|| format!("--ca-dir {}", args.ca_dir.display()))?;
         let identities = (0..args.proxies)
             .map(|index| (mesh.workload(index).namespace, mesh.service_account(index)));
