@@ -24,13 +24,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::Resumption;
-use rustls::crypto::{verify_tls13_signature, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::server::ParsedCertificate;
-use rustls::{DigitallySignedStruct, HandshakeKind, SignatureScheme};
+use rustls::pki_types::ServerName;
+use rustls::HandshakeKind;
 use serde_json::json;
+use skiff_api::identity::SpiffeId;
+use skiff_proxy::tls::verify::{Expect, PeerVerifier};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -172,11 +171,13 @@ fn connector(args: &Args) -> anyhow::Result<TlsConnector> {
         .with_context(|| format!("--ca-dir {}", args.ca_dir.display()))?;
     let certificate = signer.certificate(&args.namespace, &args.service_account)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = Arc::new(SidecarVerifier {
-        roots: signer.roots(),
-        identity: args.server_identity.clone(),
-        algorithms: provider.signature_verification_algorithms,
-    });
+    // The sidecar is verified exactly as a peer sidecar verifies it.
+    let expect = match &args.server_identity {
+        Some(id) => Expect::Identity(SpiffeId::parse(id).context("--server-identity")?),
+        None => Expect::TrustDomain(args.trust_domain.clone()),
+    };
+    let verifier =
+        Arc::new(PeerVerifier::try_new(signer.bundle(), expect).context("ca-bundle.pem")?);
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
@@ -325,92 +326,4 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
     }
     let rank = ((sorted.len() - 1) as f64 * q).round() as usize;
     sorted[rank.min(sorted.len() - 1)]
-}
-
-/// Verifies a sidecar's certificate as a peer sidecar does: the chain ends at a root of the
-/// trust bundle and the leaf is valid for server authentication (webpki), and, when given, it
-/// carries exactly the expected SPIFFE ID. Sidecars have no DNS name, so no name is checked.
-#[derive(Debug)]
-struct SidecarVerifier {
-    roots: Arc<rustls::RootCertStore>,
-    /// The SPIFFE ID expected; `None`: any.
-    identity: Option<String>,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for SidecarVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let parsed = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &parsed,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
-        if let Some(expected) = &self.identity {
-            let found = uri_sans(end_entity)?;
-            if found != [expected.as_str()] {
-                return Err(rustls::Error::General(format!(
-                    "the sidecar is {found:?}, expected {expected}"
-                )));
-            }
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        // The configuration offers TLS 1.3 only.
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// The URI subjectAltNames of a certificate.
-fn uri_sans<'a>(der: &'a CertificateDer<'_>) -> Result<Vec<&'a str>, rustls::Error> {
-    use x509_parser::extensions::GeneralName;
-    let invalid = |_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding);
-    let (_, certificate) = x509_parser::parse_x509_certificate(der).map_err(invalid)?;
-    let sans = certificate
-        .subject_alternative_name()
-        .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
-    Ok(sans
-        .map(|extension| {
-            extension
-                .value
-                .general_names
-                .iter()
-                .filter_map(|name| match name {
-                    GeneralName::URI(uri) => Some(*uri),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default())
 }

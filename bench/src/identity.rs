@@ -25,6 +25,8 @@ pub struct Signer {
     issuer: Issuer<'static, KeyPair>,
     /// The trust bundle (`ca-bundle.pem`) peers' certificates are verified against.
     roots: Arc<rustls::RootCertStore>,
+    /// The same roots as certificates, for the proxy's own peer verifier.
+    bundle: Vec<CertificateDer<'static>>,
     /// The trust domain of every SPIFFE ID signed (the control plane's `--trust-domain`).
     trust_domain: String,
 }
@@ -46,17 +48,24 @@ impl Signer {
         let key = KeyPair::from_pem(&read("root-key.pem")?).context("root-key.pem")?;
         let issuer =
             Issuer::from_ca_cert_pem(&read("root-cert.pem")?, key).context("root-cert.pem")?;
+        let bundle = CertificateDer::pem_slice_iter(read("ca-bundle.pem")?.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .context("ca-bundle.pem")?;
         let mut roots = rustls::RootCertStore::empty();
-        for root in CertificateDer::pem_slice_iter(read("ca-bundle.pem")?.as_bytes()) {
-            roots
-                .add(root.context("ca-bundle.pem")?)
-                .context("ca-bundle.pem")?;
+        for root in &bundle {
+            roots.add(root.clone()).context("ca-bundle.pem")?;
         }
         Ok(Signer {
             issuer,
             roots: Arc::new(roots),
+            bundle,
             trust_domain: trust_domain.to_string(),
         })
+    }
+
+    /// The trust bundle's certificates (`ca-bundle.pem`).
+    pub fn bundle(&self) -> &[CertificateDer<'static>] {
+        &self.bundle
     }
 
     /// The trust bundle, to verify a peer's certificate with.
