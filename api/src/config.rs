@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::traffic::{RateLimit, RoutePolicy, TrafficConfig};
+
 /// The configuration one proxy runs.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -23,6 +25,10 @@ pub struct ProxyConfig {
     /// Who may call this workload, and whether plaintext is accepted (its InboundPolicies).
     #[serde(default)]
     pub inbound_security: InboundSecurity,
+    /// Requests per second this workload accepts, over all its ports (the strictest of its
+    /// InboundPolicies' `rateLimit`); more are answered 429. `None`: no limit.
+    #[serde(default)]
+    pub inbound_rate_limit: Option<RateLimit>,
 }
 
 /// `namespace/name` of a workload.
@@ -64,6 +70,10 @@ pub struct PortConfig {
     /// first whose match accepts a request routes it. Empty: every request goes to
     /// `endpoints`.
     pub routes: Vec<Route>,
+    /// How callers treat this port: timeouts, retries, outlier detection, breaker, limits,
+    /// balancer (its TrafficPolicy, or the defaults).
+    #[serde(default)]
+    pub traffic: TrafficConfig,
 }
 
 /// How the proxy treats a port's bytes when the Service declares it.
@@ -201,11 +211,15 @@ pub struct Route {
     /// (or no backends) means the rule answers 500, as the Gateway API requires.
     pub backends: Vec<Backend>,
     /// Whole-request timeout (Gateway API `timeouts.request`).
-    #[serde(default, with = "optional_duration")]
+    #[serde(default, with = "crate::traffic::optional_millis")]
     pub timeout: Option<Duration>,
     /// Per-try timeout (Gateway API `timeouts.backendRequest`).
-    #[serde(default, with = "optional_duration")]
+    #[serde(default, with = "crate::traffic::optional_millis")]
     pub backend_timeout: Option<Duration>,
+    /// Retries, rate limit, hedging and faults of this rule; unset fields take the
+    /// service's [`TrafficConfig::route_defaults`].
+    #[serde(default)]
+    pub policy: RoutePolicy,
 }
 
 /// Conditions that must all hold (Gateway API: fields of one match are ANDed).
@@ -269,24 +283,4 @@ pub struct Backend {
     pub service: String,
     pub port: u16,
     pub weight: u32,
-}
-
-/// Durations travel as milliseconds.
-mod optional_duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    pub fn serialize<S: Serializer>(
-        value: &Option<Duration>,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        value.map(|d| d.as_millis() as u64).serialize(serializer)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        Ok(Option::<u64>::deserialize(deserializer)?.map(Duration::from_millis))
-    }
 }

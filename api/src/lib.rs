@@ -14,6 +14,8 @@
 //!   shape of [`config`], the configuration the control plane streams to proxies.
 //! - [`duration`], [`timestamp`]: the Gateway API's duration strings and Kubernetes times.
 //! - [`stream`]: the proxy ⇄ control plane messages and their newline-delimited JSON framing.
+//! - [`traffic`]: the resilience settings of a destination (timeouts, retries, outlier
+//!   detection, breaker, bulkheads, balancer, rate limits, hedging, faults), defaults filled.
 //! - [`identity`]: SPIFFE IDs and the certificate-signing exchange with the control plane.
 //!
 //! Serde types and pure functions only: no sockets, no files (callers pass file names and
@@ -31,6 +33,7 @@ pub mod problem;
 pub mod skiff_kinds;
 pub mod stream;
 pub mod timestamp;
+pub mod traffic;
 pub mod validate;
 pub mod view;
 

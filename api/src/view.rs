@@ -27,7 +27,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
-use crate::config::{
+use crate::config::{RoutePolicy, TrafficConfig, 
     AuthorizationRule, Endpoint, InboundPort, InboundSecurity, PathMatch, PortConfig, PortMode,
     ProxyConfig, Route, RouteMatch, ServiceConfig, WorkloadRef,
 };
@@ -77,6 +77,7 @@ pub fn proxy_config(
                 protocol: port.protocol,
                 endpoints: ready_endpoints(policy, port, trust_domain),
                 routes: attachments.routes(service, port.port, &workload.namespace),
+                traffic: TrafficConfig::default(),
             });
         }
         services.push(ServiceConfig {
@@ -91,6 +92,7 @@ pub fn proxy_config(
         services,
         inbound: inbound.into_values().collect(),
         inbound_security: inbound_security(policy, workload),
+        inbound_rate_limit: None,
     }
 }
 
@@ -278,6 +280,7 @@ fn flatten(route: &HttpRoute, rule: &RouteRule, matches: Vec<RouteMatch>) -> Rou
         backends: rule.backends.clone(),
         timeout: rule.timeout,
         backend_timeout: rule.backend_timeout,
+        policy: RoutePolicy::default(),
     }
 }
 

@@ -14,6 +14,8 @@
 //!   [`http`] serves requests, routes them (`route`), normalises inbound paths
 //!   ([`http::path`]) for `authz`, and forwards them over pooled upstream connections (mTLS
 //!   between sidecars, [`tls`]).
+//! - `resilience`: per-destination state machines the forwarder consults: retry budget,
+//!   back-off, circuit breaker, bulkheads, rate limits, outlier ejection, the balancer.
 //! - `error`: the failure classification every response, flag and metric label uses.
 //! - `metrics`, `admin`: what operators see; `drain` and `idle`: how connections end.
 //! - [`control`]: the configuration stream from the control plane, which replaces the
@@ -32,6 +34,7 @@ pub mod detect;
 mod authz;
 mod connection;
 pub mod http;
+mod resilience;
 mod route;
 mod tcp;
 pub mod tls;

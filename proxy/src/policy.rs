@@ -446,6 +446,7 @@ mod tests {
                     identity: None,
                 }],
                 routes,
+                traffic: Default::default(),
             }],
         }
     }
@@ -467,6 +468,7 @@ mod tests {
                 .collect(),
             timeout: None,
             backend_timeout: None,
+            policy: Default::default(),
         }
     }
 

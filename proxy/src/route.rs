@@ -273,6 +273,7 @@ mod tests {
                 .collect(),
             timeout: None,
             backend_timeout: None,
+            policy: Default::default(),
         };
         Route::compile(&config, |service, _| {
             Some(Arc::new(EndpointSet::new(service.into(), vec![])))
@@ -405,6 +406,7 @@ mod tests {
             backends: vec![],
             timeout: None,
             backend_timeout: None,
+            policy: Default::default(),
         };
         let error = Route::compile(&config, |_, _| None).unwrap_err();
         assert!(
