@@ -22,7 +22,7 @@ pub enum Resource {
     EndpointSlice(EndpointSlice),
     HttpRoute(Box<HttpRoute>),
     Workload(Workload),
-    TrafficPolicy(TrafficPolicy),
+    TrafficPolicy(Box<TrafficPolicy>),
     InboundPolicy(InboundPolicy),
 }
 
@@ -232,7 +232,7 @@ fn read_document(doc: &Located<()>, text: &DocumentText) -> Result<Resource, Pro
         "EndpointSlice" => Resource::EndpointSlice(deserialize(doc, text)?),
         "HTTPRoute" => Resource::HttpRoute(Box::new(deserialize(doc, text)?)),
         "Workload" => Resource::Workload(deserialize(doc, text)?),
-        "TrafficPolicy" => Resource::TrafficPolicy(deserialize(doc, text)?),
+        "TrafficPolicy" => Resource::TrafficPolicy(Box::new(deserialize(doc, text)?)),
         _ => Resource::InboundPolicy(deserialize(doc, text)?),
     };
     Ok(resource)

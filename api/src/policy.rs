@@ -12,6 +12,11 @@ pub use crate::config::{AuthorizationAction, AuthorizationPath, PortMode};
 use crate::identity::SpiffeId;
 pub use crate::skiff_kinds::MtlsMode;
 pub use crate::timestamp::Timestamp;
+use crate::traffic::{
+    CircuitBreaker, ConnectionLimits, Fault, Hedge, LoadBalancer, OutlierDetection, RateLimit,
+    RetryBudget, RetryPolicy, RoutePolicy, TrafficConfig, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+};
 
 /// Everything the mesh knows, validated.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -189,19 +194,115 @@ pub struct RouteRule {
     pub timeout: Option<Duration>,
     /// `timeouts.backendRequest`; `None` when unset or `0s`.
     pub backend_timeout: Option<Duration>,
+    /// The experimental `retry` (GEP-1731): `codes` as statuses to retry on, `attempts`
+    /// (default [`crate::traffic::DEFAULT_RETRY_ATTEMPTS`]), `backoff` as the back-off base.
+    /// `None` when unset. A TrafficPolicy targeting the route replaces it.
+    pub retry: Option<RetryPolicy>,
 }
 
-/// A TrafficPolicy, parsed and attached.
+/// A TrafficPolicy, parsed and attached. The view layers the policies that apply to a Service
+/// port or a route rule ([`crate::view`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TrafficPolicy {
     /// Names the policy in messages.
     pub key: ObjectKey,
-    /// The Service it applies to (same namespace as the policy).
-    pub service: ObjectKey,
-    /// One port of it, or every port.
-    pub port: Option<u16>,
-    /// Default 1 s.
-    pub connect_timeout: Duration,
+    /// What it applies to; one policy per target.
+    pub target: TrafficTarget,
+    /// What it sets.
+    pub settings: TrafficSettings,
+}
+
+/// What a [`TrafficPolicy`] applies to (always in the policy's namespace).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum TrafficTarget {
+    /// A Service that exists: one port of it (from `port` or `sectionName`), or every port.
+    Service {
+        service: ObjectKey,
+        port: Option<u16>,
+    },
+    /// An HTTPRoute that exists: one rule of it (`sectionName`, a rule name it has), or every
+    /// rule.
+    Route {
+        route: ObjectKey,
+        rule: Option<String>,
+    },
+}
+
+/// What one TrafficPolicy sets: each field parsed, its sub-fields' defaults filled in, and
+/// `None` where the policy does not write it (so a less specific policy, or the default,
+/// decides). A policy targeting an HTTPRoute sets only `retry`, `rate_limit`, `hedge` and
+/// `fault`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrafficSettings {
+    pub connect_timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    pub request_timeout: Option<Duration>,
+    pub retry: Option<RetryPolicy>,
+    pub retry_budget: Option<RetryBudget>,
+    pub outlier_detection: Option<OutlierDetection>,
+    pub circuit_breaker: Option<CircuitBreaker>,
+    /// `spec.connectionPool`.
+    pub limits: Option<ConnectionLimits>,
+    pub load_balancer: Option<LoadBalancer>,
+    pub rate_limit: Option<RateLimit>,
+    pub hedge: Option<Hedge>,
+    pub fault: Option<Fault>,
+}
+
+impl TrafficSettings {
+    /// Field by field: what `self` sets, else what `fallback` sets.
+    pub fn or(&self, fallback: &TrafficSettings) -> TrafficSettings {
+        TrafficSettings {
+            connect_timeout: self.connect_timeout.or(fallback.connect_timeout),
+            idle_timeout: self.idle_timeout.or(fallback.idle_timeout),
+            request_timeout: self.request_timeout.or(fallback.request_timeout),
+            retry: self.retry.clone().or_else(|| fallback.retry.clone()),
+            retry_budget: self
+                .retry_budget
+                .clone()
+                .or_else(|| fallback.retry_budget.clone()),
+            outlier_detection: self
+                .outlier_detection
+                .clone()
+                .or_else(|| fallback.outlier_detection.clone()),
+            circuit_breaker: self
+                .circuit_breaker
+                .clone()
+                .or_else(|| fallback.circuit_breaker.clone()),
+            limits: self.limits.clone().or_else(|| fallback.limits.clone()),
+            load_balancer: self.load_balancer.or(fallback.load_balancer),
+            rate_limit: self.rate_limit.or(fallback.rate_limit),
+            hedge: self.hedge.or(fallback.hedge),
+            fault: self.fault.or(fallback.fault),
+        }
+    }
+
+    /// The per-route part: what a route rule's policy (or a Service's route defaults) holds.
+    pub fn route_policy(&self) -> RoutePolicy {
+        RoutePolicy {
+            retry: self.retry.clone(),
+            rate_limit: self.rate_limit,
+            hedge: self.hedge,
+            fault: self.fault,
+        }
+    }
+
+    /// How callers treat a Service port under these settings: every unset field at its
+    /// default. `retry` is both the port's retry policy and its routes' default.
+    pub fn traffic_config(&self) -> TrafficConfig {
+        TrafficConfig {
+            connect_timeout: self.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            idle_timeout: self.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
+            request_timeout: self.request_timeout,
+            retry: self.retry.clone().unwrap_or_default(),
+            retry_budget: self.retry_budget.clone().unwrap_or_default(),
+            outlier_detection: self.outlier_detection.clone().unwrap_or_default(),
+            circuit_breaker: self.circuit_breaker.clone().unwrap_or_default(),
+            limits: self.limits.clone().unwrap_or_default(),
+            load_balancer: self.load_balancer.unwrap_or_default(),
+            route_defaults: self.route_policy(),
+        }
+    }
 }
 
 /// An InboundPolicy, parsed and attached. The view merges every policy that applies to a
@@ -220,6 +321,8 @@ pub struct InboundPolicy {
     pub port_modes: Vec<PortMode>,
     /// `spec.rules`, in the order written.
     pub rules: Vec<AuthorizationRule>,
+    /// `spec.rateLimit`; the view keeps the strictest of the policies that apply.
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// Which workloads of its namespace an [`InboundPolicy`] applies to.

@@ -21,20 +21,30 @@
 //! **Inbound security** merges the InboundPolicies of the workload's namespace that have no
 //! target with those targeting the workload, by `targetRef` or by a selector matching its
 //! labels: a targeted policy's mode wins over the namespace's (per port too), and the rules
-//! add up, the namespace's first (see [`inbound_security`]).
+//! add up, the namespace's first (see [`inbound_security`]). Its rate limit is the strictest
+//! of those policies' ([`inbound_rate_limit`]).
+//!
+//! **Traffic policy** is layered field by field (each top-level field of a TrafficPolicy
+//! whole, never merged inside): a Service port's [`TrafficConfig`] takes what the policy of
+//! that port sets, then what the policy of the whole Service sets, then the defaults; its
+//! `retry`, `rateLimit`, `hedge` and `fault` are also its routes' defaults. A route rule's
+//! [`RoutePolicy`] takes what the policy of that rule (`sectionName`) sets, then the policy of
+//! the whole route, then (retry only) the rule's own GEP-1731 `retry`; what stays unset the
+//! proxy takes from the Service port's route defaults.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
-use crate::config::{RoutePolicy, TrafficConfig, 
+use crate::config::{
     AuthorizationRule, Endpoint, InboundPort, InboundSecurity, PathMatch, PortConfig, PortMode,
-    ProxyConfig, Route, RouteMatch, ServiceConfig, WorkloadRef,
+    ProxyConfig, RateLimit, Route, RouteMatch, RoutePolicy, ServiceConfig, TrafficConfig,
+    WorkloadRef,
 };
 use crate::identity::SpiffeId;
 use crate::policy::{
     HttpRoute, InboundPolicy, InboundTarget, MtlsMode, ObjectKey, Policy, RouteRule, Service,
-    ServicePort, Timestamp, Transport,
+    ServicePort, Timestamp, TrafficSettings, TrafficTarget, Transport,
 };
 
 /// The configuration of the proxy of `workload`, whose pod has `pod_ips`, in a mesh whose
@@ -77,7 +87,7 @@ pub fn proxy_config(
                 protocol: port.protocol,
                 endpoints: ready_endpoints(policy, port, trust_domain),
                 routes: attachments.routes(service, port.port, &workload.namespace),
-                traffic: TrafficConfig::default(),
+                traffic: attachments.traffic(&service.key, port.port),
             });
         }
         services.push(ServiceConfig {
@@ -92,7 +102,7 @@ pub fn proxy_config(
         services,
         inbound: inbound.into_values().collect(),
         inbound_security: inbound_security(policy, workload),
-        inbound_rate_limit: None,
+        inbound_rate_limit: inbound_rate_limit(policy, workload),
     }
 }
 
@@ -131,22 +141,7 @@ fn ready_endpoints(policy: &Policy, port: &ServicePort, trust_domain: &str) -> V
 ///   (by `targetRef` and by selector together), each group by policy `namespace/name`, each
 ///   policy's rules in order.
 pub fn inbound_security(policy: &Policy, workload: &WorkloadRef) -> InboundSecurity {
-    let me = ObjectKey::new(&workload.namespace, &workload.name);
-    let declared = policy.workload(&me);
-    let in_namespace = |p: &&InboundPolicy| p.key.namespace == workload.namespace;
-    // `inbound_policies` is sorted by key, so each group is too.
-    let namespace_wide: Vec<&InboundPolicy> = policy
-        .inbound_policies
-        .iter()
-        .filter(in_namespace)
-        .filter(|p| p.target == InboundTarget::Namespace)
-        .collect();
-    let targeted: Vec<&InboundPolicy> = policy
-        .inbound_policies
-        .iter()
-        .filter(in_namespace)
-        .filter(|p| declared.is_some_and(|w| p.target.targets(w)))
-        .collect();
+    let (namespace_wide, targeted) = inbound_policies(policy, workload);
     let mode_of = |group: &[&InboundPolicy]| group.iter().find_map(|p| p.mode);
     let mode = mode_of(&targeted)
         .or_else(|| mode_of(&namespace_wide))
@@ -187,6 +182,43 @@ pub fn inbound_security(policy: &Policy, workload: &WorkloadRef) -> InboundSecur
     }
 }
 
+/// The InboundPolicies that apply to `workload`: the namespace-wide ones, then the targeted
+/// ones (by `targetRef` or selector), each group sorted by key.
+fn inbound_policies<'a>(
+    policy: &'a Policy,
+    workload: &WorkloadRef,
+) -> (Vec<&'a InboundPolicy>, Vec<&'a InboundPolicy>) {
+    let me = ObjectKey::new(&workload.namespace, &workload.name);
+    let declared = policy.workload(&me);
+    let in_namespace = |p: &&InboundPolicy| p.key.namespace == workload.namespace;
+    // `inbound_policies` is sorted by key, so each group is too.
+    let namespace_wide = policy
+        .inbound_policies
+        .iter()
+        .filter(in_namespace)
+        .filter(|p| p.target == InboundTarget::Namespace)
+        .collect();
+    let targeted = policy
+        .inbound_policies
+        .iter()
+        .filter(in_namespace)
+        .filter(|p| declared.is_some_and(|w| p.target.targets(w)))
+        .collect();
+    (namespace_wide, targeted)
+}
+
+/// How many requests per second `workload` accepts: the strictest `rateLimit` (lowest
+/// `requestsPerSecond`, then lowest `burst`) of the InboundPolicies that apply to it, whether
+/// namespace-wide or targeted (a limit is never loosened by a more specific policy).
+pub fn inbound_rate_limit(policy: &Policy, workload: &WorkloadRef) -> Option<RateLimit> {
+    let (namespace_wide, targeted) = inbound_policies(policy, workload);
+    namespace_wide
+        .iter()
+        .chain(&targeted)
+        .filter_map(|p| p.rate_limit)
+        .min_by_key(|limit| (limit.requests_per_second, limit.burst))
+}
+
 /// The routes a client in `client_namespace` uses for `port` of `service`, in precedence order.
 pub fn routes_for(
     policy: &Policy,
@@ -197,10 +229,12 @@ pub fn routes_for(
     Attachments::new(policy).routes(service, port, client_namespace)
 }
 
-/// Routes by the Services they attach to, built once per view so that each Service port only
-/// looks at its own routes.
+/// Routes by the Services they attach to, and TrafficPolicies by their targets, built once
+/// per view so that each Service port only looks at its own.
 struct Attachments<'a> {
     by_service: HashMap<&'a ObjectKey, Vec<&'a HttpRoute>>,
+    /// Validation keeps one policy per target.
+    traffic: HashMap<&'a TrafficTarget, &'a TrafficSettings>,
 }
 
 impl<'a> Attachments<'a> {
@@ -214,7 +248,60 @@ impl<'a> Attachments<'a> {
                 }
             }
         }
-        Attachments { by_service }
+        let traffic = policy
+            .traffic_policies
+            .iter()
+            .map(|p| (&p.target, &p.settings))
+            .collect();
+        Attachments {
+            by_service,
+            traffic,
+        }
+    }
+
+    fn settings(&self, target: TrafficTarget) -> TrafficSettings {
+        self.traffic
+            .get(&target)
+            .copied()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// How callers treat `port` of `service`: field by field, the TrafficPolicy of that port,
+    /// else the one of the whole Service, else the default.
+    fn traffic(&self, service: &ObjectKey, port: u16) -> TrafficConfig {
+        let target = |port| TrafficTarget::Service {
+            service: service.clone(),
+            port,
+        };
+        self.settings(target(Some(port)))
+            .or(&self.settings(target(None)))
+            .traffic_config()
+    }
+
+    /// What a rule changes, field by field: the TrafficPolicy of the rule (by its name), else
+    /// the one of the whole route, else (for `retry`) the rule's own `retry`. Fields left
+    /// `None` take the Service's `route_defaults` in the proxy. The rule's
+    /// `timeouts.backendRequest` bounds each try of the retry policy it ends up with, unless
+    /// that policy sets `perTryTimeout`.
+    fn route_policy(&self, route: &HttpRoute, rule: &RouteRule) -> RoutePolicy {
+        let target = |rule: Option<&String>| TrafficTarget::Route {
+            route: route.key.clone(),
+            rule: rule.cloned(),
+        };
+        let whole = self.settings(target(None));
+        let named = match &rule.name {
+            Some(name) => self.settings(target(Some(name))),
+            None => TrafficSettings::default(),
+        };
+        let mut policy = named.or(&whole).route_policy();
+        if policy.retry.is_none() {
+            policy.retry = rule.retry.clone();
+        }
+        if let Some(retry) = &mut policy.retry {
+            retry.per_try_timeout = retry.per_try_timeout.or(rule.backend_timeout);
+        }
+        policy
     }
 
     fn routes(&self, service: &Service, port: u16, client_namespace: &str) -> Vec<Route> {
@@ -248,7 +335,7 @@ impl<'a> Attachments<'a> {
                 route
                     .rules
                     .iter()
-                    .flat_map(move |rule| per_match(route, rule))
+                    .flat_map(move |rule| per_match(route, rule, self.route_policy(route, rule)))
             })
             .collect();
         ranked.sort_by(|a, b| a.0.cmp(&b.0));
@@ -257,20 +344,32 @@ impl<'a> Attachments<'a> {
 }
 
 /// One ranked Route per match of `rule`; a rule without matches matches every request.
-fn per_match<'a>(route: &'a HttpRoute, rule: &RouteRule) -> Vec<(Rank<'a>, Route)> {
+fn per_match<'a>(
+    route: &'a HttpRoute,
+    rule: &RouteRule,
+    policy: RoutePolicy,
+) -> Vec<(Rank<'a>, Route)> {
     if rule.matches.is_empty() {
         return vec![(
             rank(route, rule, &RouteMatch::default()),
-            flatten(route, rule, Vec::new()),
+            flatten(route, rule, Vec::new(), policy),
         )];
     }
     rule.matches
         .iter()
-        .map(|m| (rank(route, rule, m), flatten(route, rule, vec![m.clone()])))
+        .map(|m| {
+            let flat = flatten(route, rule, vec![m.clone()], policy.clone());
+            (rank(route, rule, m), flat)
+        })
         .collect()
 }
 
-fn flatten(route: &HttpRoute, rule: &RouteRule, matches: Vec<RouteMatch>) -> Route {
+fn flatten(
+    route: &HttpRoute,
+    rule: &RouteRule,
+    matches: Vec<RouteMatch>,
+    policy: RoutePolicy,
+) -> Route {
     Route {
         route: route.key.to_string(),
         rule: rule.index,
@@ -280,7 +379,7 @@ fn flatten(route: &HttpRoute, rule: &RouteRule, matches: Vec<RouteMatch>) -> Rou
         backends: rule.backends.clone(),
         timeout: rule.timeout,
         backend_timeout: rule.backend_timeout,
-        policy: RoutePolicy::default(),
+        policy,
     }
 }
 

@@ -81,7 +81,12 @@ fn respond(
             }
         }
         (Surface::Metrics | Surface::Admin, &Method::GET, "/metrics") => {
-            let mut rendered = state.proxy.metrics.render() + &state.proxy.control.render();
+            let mut rendered = state.proxy.metrics.render()
+                + &crate::metrics::render_destinations(
+                    &state.proxy.destinations,
+                    tokio::time::Instant::now(),
+                )
+                + &state.proxy.control.render();
             if let Some(identity) = &state.proxy.identity {
                 identity.render_metrics(&mut rendered);
             }

@@ -16,6 +16,8 @@ use crate::http::server::HttpLimits;
 use crate::listener;
 use crate::metrics::Metrics;
 use crate::policy::{ConfigLimits, Snapshot, SnapshotHandle};
+use crate::resilience::bulkhead::Limit;
+use crate::resilience::destination::Destinations;
 use crate::tls::Identity;
 
 /// Behaviour of the data path.
@@ -37,6 +39,9 @@ pub struct Settings {
     pub client: ClientSettings,
     /// What configurations this proxy accepts (larger ones are refused).
     pub config_limits: ConfigLimits,
+    /// Requests in flight (both directions) beyond which new ones are shed with 503
+    /// `overloaded` instead of queued.
+    pub max_requests_in_flight: u32,
     /// After SIGTERM, the longest time in-flight connections get before the process exits.
     pub drain_period: Duration,
     /// Configuration is streamed from the control plane (`--control-plane`): the proxy is
@@ -56,6 +61,7 @@ impl Settings {
             http: HttpLimits::default(),
             client: ClientSettings::default(),
             config_limits: ConfigLimits::default(),
+            max_requests_in_flight: 10_000,
             drain_period: Duration::from_secs(5),
             from_control_plane: false,
         }
@@ -104,6 +110,31 @@ pub struct Proxy {
     /// This workload's certificate, renewed in place; `None` in local mode without a control
     /// plane, where sidecars speak plaintext to each other.
     pub identity: Option<Arc<Identity>>,
+    /// Resilience state of every destination, carried from snapshot to snapshot.
+    pub destinations: Arc<Destinations>,
+    /// Requests in flight through this proxy, capped (load shedding).
+    pub in_flight: Arc<Limit>,
+}
+
+impl Proxy {
+    /// Puts a new configuration in force and lets go of pooled connections to endpoints it
+    /// no longer has, so that long-lived HTTP/2 connections drain and traffic rebalances.
+    pub fn apply(&self, snapshot: Snapshot) {
+        let endpoints: std::collections::HashSet<SocketAddr> = snapshot
+            .outbound
+            .values()
+            .flat_map(|target| {
+                let routed = target.routes.iter().flat_map(|r| r.backends());
+                std::iter::once(&target.endpoints)
+                    .chain(routed)
+                    .flat_map(|set| set.endpoints.iter().map(|e| e.addr))
+            })
+            .collect();
+        self.snapshot.replace(snapshot);
+        let pod_ips = &self.settings.pod_ips;
+        self.upstreams
+            .retain(|addr| endpoints.contains(&addr) || pod_ips.contains(&addr.ip()));
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,16 +154,19 @@ pub struct App {
 
 impl App {
     /// Binds every port. Nothing is served until [`App::run`].
+    /// `destinations` must be the registry `snapshot` was built with.
     pub fn bind(
         settings: Settings,
         addresses: &Addresses,
         snapshot: Snapshot,
+        destinations: Arc<Destinations>,
         identity: Option<Arc<Identity>>,
     ) -> Result<App, BindError> {
         let drain = Drain::new();
         let metrics = Arc::new(Metrics::default());
         let upstreams = Upstreams::new(settings.client.clone(), identity.clone(), metrics.clone());
         let control = Arc::new(ControlStatus::new(settings.from_control_plane));
+        let in_flight = Limit::new(settings.max_requests_in_flight);
         let proxy = Arc::new(Proxy {
             settings,
             snapshot: Arc::new(SnapshotHandle::new(snapshot)),
@@ -141,6 +175,8 @@ impl App {
             drain: drain.signal(),
             control,
             identity,
+            destinations,
+            in_flight,
         });
         let mut listeners = Vec::new();
         let required = [

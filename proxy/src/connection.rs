@@ -2,22 +2,27 @@
 //! server-first, or detected), then serve it as HTTP or copy it as opaque TCP. A connection
 //! from a peer sidecar arrives already decrypted, its protocol named by the mTLS ALPN.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::BytesMut;
 use skiff_api::identity::{ALPN_HTTP1, ALPN_HTTP2, ALPN_TCP};
+use skiff_api::traffic::DEFAULT_RETRY_ATTEMPTS;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use crate::app::Proxy;
 use crate::authz::Verdict;
 use crate::detect::{self, Decision, Protocol, Rewind};
 use crate::error::{Failure, NotForwarded};
-use crate::http::client::UpstreamStream;
+use crate::http::client::{Dial, UpstreamStream};
 use crate::http::forward::{Forwarder, Upstream};
 use crate::idle::{Activity, Tracked};
 use crate::metrics::ServiceMetrics;
-use crate::policy::Destination;
+use crate::policy::{Destination, EndpointSet};
+use crate::resilience::destination::RetryReason;
+use crate::resilience::outlier::Outcome;
 
 /// Serves a plaintext `stream` to `upstream` according to `decision`, recording the
 /// connection in `metrics`. `prefix` holds bytes already read from the stream (inbound reads
@@ -93,8 +98,13 @@ async fn serve_protocol<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     match protocol {
-        Protocol::Tcp => match tcp_destination(&upstream) {
-            Ok(destination) => copy_to(proxy, &mut stream, &destination, activity, metrics).await,
+        Protocol::Tcp => match tcp_route(&upstream) {
+            Ok(TcpRoute::Service(endpoints)) => {
+                copy_to_service(proxy, &mut stream, &endpoints, activity, metrics).await
+            }
+            Ok(TcpRoute::Local(destination)) => {
+                copy_to(proxy, &mut stream, &destination, activity, metrics).await
+            }
             Err(NotForwarded::Failed(failure)) => metrics.record_failure(failure),
             Err(NotForwarded::Denied(denial)) => metrics.record_denial(denial.label()),
         },
@@ -106,6 +116,7 @@ async fn serve_protocol<S>(
                 metrics: metrics.clone(),
                 activity: activity.clone(),
                 drain: proxy.drain.clone(),
+                in_flight: proxy.in_flight.clone(),
             });
             crate::http::server::serve(
                 stream,
@@ -119,14 +130,18 @@ async fn serve_protocol<S>(
     }
 }
 
-/// The endpoint an opaque connection goes to: one pick per connection. Inbound, the
-/// connection is authorised first (no HTTP request to look at: port and identity only).
-fn tcp_destination(upstream: &Upstream) -> Result<Destination, NotForwarded> {
+/// Where an opaque connection goes.
+enum TcpRoute {
+    /// A mesh service: the balancer picks the endpoint.
+    Service(Arc<EndpointSet>),
+    /// The local app, after the inbound policy allowed the connection (no HTTP request to
+    /// look at: port and identity only).
+    Local(Destination),
+}
+
+fn tcp_route(upstream: &Upstream) -> Result<TcpRoute, NotForwarded> {
     match upstream {
-        Upstream::Service { target, .. } => target.pick_endpoint().ok_or_else(|| {
-            tracing::debug!(service = %target.name, "no ready endpoint for tcp connection");
-            NotForwarded::Failed(Failure::NoHealthyEndpoint)
-        }),
+        Upstream::Service { target, .. } => Ok(TcpRoute::Service(target.endpoints.clone())),
         Upstream::Local {
             addr,
             snapshot,
@@ -136,13 +151,89 @@ fn tcp_destination(upstream: &Upstream) -> Result<Destination, NotForwarded> {
             .authz
             .decide_connection(client.as_deref(), addr.port())
         {
-            Verdict::Allow => Ok(Destination::plaintext(*addr)),
+            Verdict::Allow => Ok(TcpRoute::Local(Destination::plaintext(*addr))),
             Verdict::Deny(denial) => {
                 tracing::debug!(%addr, client = ?client, reason = denial.reason(), "tcp connection denied");
                 Err(NotForwarded::Denied(denial))
             }
         },
     }
+}
+
+/// Opaque TCP to a mesh service: an endpoint from the balancer, and another when the
+/// connect fails (nothing was sent, so that is always safe) within the retry budget; then
+/// bytes both ways until both sides close or the service's idle timeout passes.
+async fn copy_to_service<S>(
+    proxy: &Proxy,
+    downstream: &mut Tracked<S>,
+    endpoints: &EndpointSet,
+    activity: &Activity,
+    metrics: &ServiceMetrics,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let state = &endpoints.state;
+    let mut rng = fastrand::Rng::new();
+    let mut tried = Vec::new();
+    let mut _retry_slot = None;
+    state.budget.record_request(Instant::now());
+    let attempts = 1 + state.config.retry.attempts.max(DEFAULT_RETRY_ATTEMPTS);
+    let mut failure = Failure::NoHealthyEndpoint;
+    for attempt in 1..=attempts {
+        let started = Instant::now();
+        if attempt > 1 {
+            let slot = state.bulkhead.retries.try_acquire();
+            if slot.is_none() || !state.budget.try_withdraw(started) {
+                state.retries_refused.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            _retry_slot = slot;
+            state.count_retry(RetryReason::NothingSent);
+        }
+        let Ok(permit) = state.breaker.try_acquire(started) else {
+            failure = Failure::CircuitOpen;
+            break;
+        };
+        let Some((destination, pick)) = endpoints.pick(&tried, started, &mut rng) else {
+            break;
+        };
+        tried.push(destination.addr);
+        let dial = Dial {
+            connect_timeout: state.config.connect_timeout,
+            connections: Some(&state.bulkhead.connections),
+        };
+        let connected = proxy.upstreams.connect(&destination, ALPN_TCP, dial).await;
+        let now = Instant::now();
+        match connected {
+            Ok((upstream, _connection_slot)) => {
+                pick.finish(Outcome::Success, now.duration_since(started), now);
+                state.breaker.record(permit, true, now);
+                let idle = state.config.idle_timeout;
+                let ended = match upstream {
+                    UpstreamStream::Plain(upstream) => {
+                        crate::tcp::copy(downstream, upstream, idle, activity).await
+                    }
+                    UpstreamStream::Mesh(upstream) => {
+                        crate::tcp::copy(downstream, upstream, idle, activity).await
+                    }
+                };
+                if let Some(failure) = ended {
+                    metrics.record_failure(failure);
+                }
+                return;
+            }
+            Err(error) => {
+                tracing::debug!(%error, attempt, "tcp upstream connect failed");
+                failure = error.failure();
+                if failure == Failure::Overflow {
+                    break;
+                }
+                pick.finish(Outcome::GatewayFailure, now.duration_since(started), now);
+                state.breaker.record(permit, false, now);
+            }
+        }
+    }
+    metrics.record_failure(failure);
 }
 
 /// Connects to `destination` (mTLS when it is a sidecar) and copies bytes both ways; a failed
@@ -157,16 +248,20 @@ pub async fn copy_to<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let idle_timeout = proxy.settings.tcp_idle_timeout;
-    match proxy.upstreams.connect(destination, ALPN_TCP).await {
-        Ok(UpstreamStream::Plain(upstream)) => {
+    let dial = proxy.upstreams.local_dial();
+    let ended = match proxy.upstreams.connect(destination, ALPN_TCP, dial).await {
+        Ok((UpstreamStream::Plain(upstream), _)) => {
             crate::tcp::copy(downstream, upstream, idle_timeout, activity).await
         }
-        Ok(UpstreamStream::Mesh(upstream)) => {
+        Ok((UpstreamStream::Mesh(upstream), _)) => {
             crate::tcp::copy(downstream, upstream, idle_timeout, activity).await
         }
         Err(error) => {
             tracing::debug!(%error, "tcp upstream connect failed");
-            metrics.record_failure(error.failure());
+            Some(error.failure())
         }
+    };
+    if let Some(failure) = ended {
+        metrics.record_failure(failure);
     }
 }

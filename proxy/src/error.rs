@@ -10,8 +10,25 @@ pub enum Failure {
     NoRoute,
     /// The matching route's backends all have weight zero (the Gateway API answers 500).
     NoBackend,
-    /// The route's request timeout passed before the response headers arrived.
+    /// The request timeout (the whole call, retries included) passed before the response
+    /// headers arrived.
     RequestTimeout,
+    /// One attempt's timeout passed (and no retry was possible or left).
+    PerTryTimeout,
+    /// A connection (HTTP with no request in flight, or opaque TCP) had nothing moving for
+    /// the idle timeout and was closed. Counted; there is no response to send.
+    IdleTimeout,
+    /// The destination's circuit breaker is open (or half-open with its trial calls out).
+    CircuitOpen,
+    /// A bulkhead of the destination is full: requests or retries in flight, or requests
+    /// waiting for a connection.
+    Overflow,
+    /// This proxy has its maximum of requests in flight: new ones are shed, not queued.
+    Overloaded,
+    /// The route's (or the workload's inbound) token bucket is empty.
+    RateLimited,
+    /// Fault injection aborted the request with this status.
+    FaultAbort(u16),
     /// The destination service has no ready endpoint.
     NoHealthyEndpoint,
     /// The upstream refused or reset the TCP connection attempt.
@@ -39,6 +56,13 @@ impl Failure {
             Failure::NoRoute => "no-route",
             Failure::NoBackend => "no-backend",
             Failure::RequestTimeout => "request-timeout",
+            Failure::PerTryTimeout => "per-try-timeout",
+            Failure::IdleTimeout => "idle-timeout",
+            Failure::CircuitOpen => "circuit-open",
+            Failure::Overflow => "overflow",
+            Failure::Overloaded => "overloaded",
+            Failure::RateLimited => "rate-limited",
+            Failure::FaultAbort(_) => "fault-injected",
             Failure::NoHealthyEndpoint => "no-healthy-endpoint",
             Failure::ConnectFailed => "connect-failed",
             Failure::ConnectTimeout => "connect-timeout",
@@ -55,12 +79,22 @@ impl Failure {
         match self {
             Failure::NoRoute => http::StatusCode::NOT_FOUND,
             Failure::NoBackend => http::StatusCode::INTERNAL_SERVER_ERROR,
-            Failure::NoHealthyEndpoint | Failure::ConnectFailed | Failure::UpstreamTls => {
-                http::StatusCode::SERVICE_UNAVAILABLE
+            Failure::NoHealthyEndpoint
+            | Failure::ConnectFailed
+            | Failure::UpstreamTls
+            | Failure::CircuitOpen
+            | Failure::Overflow
+            | Failure::Overloaded => http::StatusCode::SERVICE_UNAVAILABLE,
+            Failure::RateLimited => http::StatusCode::TOO_MANY_REQUESTS,
+            Failure::FaultAbort(status) => {
+                http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::SERVICE_UNAVAILABLE)
             }
             Failure::Denied => http::StatusCode::FORBIDDEN,
             Failure::InvalidPath => http::StatusCode::BAD_REQUEST,
-            Failure::ConnectTimeout | Failure::RequestTimeout => http::StatusCode::GATEWAY_TIMEOUT,
+            Failure::ConnectTimeout
+            | Failure::RequestTimeout
+            | Failure::PerTryTimeout
+            | Failure::IdleTimeout => http::StatusCode::GATEWAY_TIMEOUT,
             Failure::UpstreamReset | Failure::UpstreamProtocol => http::StatusCode::BAD_GATEWAY,
         }
     }
@@ -89,6 +123,8 @@ pub enum ConnectError {
         #[source]
         source: io::Error,
     },
+    #[error("no connection to {addr}: the destination's connections are all in use and its pending requests at their limit")]
+    Overflow { addr: std::net::SocketAddr },
     #[error("connect to {addr} timed out after {timeout:?}")]
     TimedOut {
         addr: std::net::SocketAddr,
@@ -119,8 +155,24 @@ impl ConnectError {
             ConnectError::Refused { .. } | ConnectError::Handshake { .. } => Failure::ConnectFailed,
             ConnectError::TimedOut { .. } => Failure::ConnectTimeout,
             ConnectError::Tls { .. } | ConnectError::TlsTimedOut { .. } => Failure::UpstreamTls,
+            ConnectError::Overflow { .. } => Failure::Overflow,
         }
     }
+}
+
+/// Whether an HTTP exchange that failed can have been seen by the upstream. `false` only when
+/// the protocol proves it was not: an HTTP/2 stream refused with `REFUSED_STREAM` (RFC 9113
+/// §8.7). A stream errored by a GOAWAY is not counted as unseen: h2 reports the same error
+/// for streams the server did process when the connection then breaks.
+pub fn upstream_may_have_seen(error: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = source {
+        if let Some(h2) = error.downcast_ref::<h2::Error>() {
+            return !(h2.is_remote() && h2.reason() == Some(h2::Reason::REFUSED_STREAM));
+        }
+        source = error.source();
+    }
+    true
 }
 
 /// Classifies an error from an upstream HTTP exchange.
@@ -142,6 +194,13 @@ mod tests {
             (Failure::NoRoute, 404),
             (Failure::NoBackend, 500),
             (Failure::RequestTimeout, 504),
+            (Failure::PerTryTimeout, 504),
+            (Failure::IdleTimeout, 504),
+            (Failure::CircuitOpen, 503),
+            (Failure::Overflow, 503),
+            (Failure::Overloaded, 503),
+            (Failure::RateLimited, 429),
+            (Failure::FaultAbort(418), 418),
             (Failure::NoHealthyEndpoint, 503),
             (Failure::ConnectFailed, 503),
             (Failure::ConnectTimeout, 504),

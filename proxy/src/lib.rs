@@ -34,7 +34,7 @@ pub mod detect;
 mod authz;
 mod connection;
 pub mod http;
-mod resilience;
+pub mod resilience;
 mod route;
 mod tcp;
 pub mod tls;

@@ -98,6 +98,10 @@ struct RunArgs {
     /// control plane can make every sidecar spend.
     #[arg(long, env = "SKIFF_MAX_ROUTES", default_value_t = policy::ConfigLimits::default().max_routes)]
     max_routes: usize,
+    /// Requests in flight through this proxy (both directions) beyond which new ones are
+    /// answered 503 `overloaded` at once instead of queued.
+    #[arg(long, env = "SKIFF_MAX_REQUESTS_IN_FLIGHT", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    max_requests_in_flight: u32,
     /// Runtime worker threads; 1 runs everything on the main thread.
     #[arg(long, env = "SKIFF_WORKERS", default_value_t = 1)]
     workers: usize,
@@ -169,15 +173,24 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         (None, _) => None,
     };
+    let destinations =
+        std::sync::Arc::new(skiff_proxy::resilience::destination::Destinations::default());
     let snapshot = match args.control_plane {
         // Nothing to route by until the control plane answers; readiness waits for it.
         Some(_) => policy::Snapshot::default(),
-        None => policy::load(&args.policy, &workload, &args.pod_ip, &config_limits)?,
+        None => policy::load(
+            &args.policy,
+            &workload,
+            &args.pod_ip,
+            &config_limits,
+            &destinations,
+        )?,
     };
     let pod_ips = args.pod_ip.clone();
     let mut settings = app::Settings::new(workload, args.pod_ip);
     settings.config_limits = config_limits;
     settings.drain_period = args.drain_period;
+    settings.max_requests_in_flight = args.max_requests_in_flight;
     settings.detect_timeout = args.detect_timeout;
     settings.from_control_plane = certificates.is_some();
     let runtime = if args.workers <= 1 {
@@ -214,7 +227,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 identity,
             }
         });
-        let app = app::App::bind(settings, &app::Addresses::default(), snapshot, identity)?;
+        let app = app::App::bind(
+            settings,
+            &app::Addresses::default(),
+            snapshot,
+            destinations,
+            identity,
+        )?;
         let drain = app.drain();
         tokio::spawn(async move {
             wait_for_termination().await;
@@ -230,9 +249,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                         source,
                         config,
                         &proxy.settings.config_limits,
+                        &proxy.destinations,
                     )
                     .map_err(|error| error.to_string())?;
-                    proxy.snapshot.replace(snapshot);
+                    proxy.apply(snapshot);
                     Ok(())
                 });
                 tokio::spawn(control::run(stream, app.proxy().control.clone(), apply))
@@ -274,10 +294,11 @@ async fn reload_on_hangup(proxy: std::sync::Arc<app::Proxy>, paths: Vec<PathBuf>
             &proxy.settings.workload,
             &proxy.settings.pod_ips,
             &proxy.settings.config_limits,
+            &proxy.destinations,
         ) {
             Ok(snapshot) => {
                 tracing::info!(services = snapshot.outbound.len(), "policy reloaded");
-                proxy.snapshot.replace(snapshot);
+                proxy.apply(snapshot);
             }
             Err(error) => {
                 tracing::error!("policy reload refused, keeping the last good policy: {error}")

@@ -11,9 +11,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use skiff_api::identity::SpiffeId;
 
 use crate::error::Failure;
+use crate::resilience::breaker::BreakerState;
+use crate::resilience::destination::{Destinations, RetryReason};
+use crate::resilience::outlier::EjectionReason;
 
 /// Which way the traffic flows relative to this pod.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -371,6 +376,134 @@ impl Metrics {
         }
         out
     }
+}
+
+/// The resilience state of every destination in use: retries, the budget, ejections, the
+/// breaker and the bulkheads. Read at scrape time from [`Destinations`]; the label
+/// `destination` is `namespace/name:port`.
+pub fn render_destinations(destinations: &Destinations, now: Instant) -> String {
+    let live = destinations.live();
+    let mut out = String::with_capacity(1024);
+    header(
+        &mut out,
+        "skiff_retries_total",
+        "counter",
+        "Attempts after the first, by reason: nothing-sent (connect failure, refused stream), configured (a retry condition matched), hedge.",
+    );
+    for state in &live {
+        let label = escape(&state.label);
+        for reason in RetryReason::ALL {
+            let _ = writeln!(
+                out,
+                "skiff_retries_total{{destination=\"{label}\",reason=\"{}\"}} {}",
+                reason.as_str(),
+                state.retries(reason)
+            );
+        }
+    }
+    header(
+        &mut out,
+        "skiff_retries_refused_total",
+        "counter",
+        "Retries and hedges not sent because the retry budget or the retries bulkhead was spent.",
+    );
+    for state in &live {
+        let _ = writeln!(
+            out,
+            "skiff_retries_refused_total{{destination=\"{}\"}} {}",
+            escape(&state.label),
+            state.retries_refused.load(Ordering::Relaxed)
+        );
+    }
+    header(
+        &mut out,
+        "skiff_outlier_ejections_total",
+        "counter",
+        "Endpoints ejected, by reason.",
+    );
+    for state in &live {
+        let label = escape(&state.label);
+        for reason in EjectionReason::ALL {
+            let _ = writeln!(
+                out,
+                "skiff_outlier_ejections_total{{destination=\"{label}\",reason=\"{}\"}} {}",
+                reason.as_str(),
+                state.endpoints.ejections(reason)
+            );
+        }
+    }
+    header(
+        &mut out,
+        "skiff_ejected_endpoints",
+        "gauge",
+        "Endpoints ejected now.",
+    );
+    for state in &live {
+        let _ = writeln!(
+            out,
+            "skiff_ejected_endpoints{{destination=\"{}\"}} {}",
+            escape(&state.label),
+            state.endpoints.ejected(now)
+        );
+    }
+    header(
+        &mut out,
+        "skiff_circuit_breaker_state",
+        "gauge",
+        "The destination's circuit breaker: 0 closed, 1 open, 2 half-open.",
+    );
+    for state in &live {
+        let _ = writeln!(
+            out,
+            "skiff_circuit_breaker_state{{destination=\"{}\"}} {}",
+            escape(&state.label),
+            state.breaker.state(now).gauge()
+        );
+    }
+    header(
+        &mut out,
+        "skiff_circuit_breaker_transitions_total",
+        "counter",
+        "Times the breaker entered each state.",
+    );
+    for state in &live {
+        let label = escape(&state.label);
+        for to in [
+            BreakerState::Open,
+            BreakerState::HalfOpen,
+            BreakerState::Closed,
+        ] {
+            let _ = writeln!(
+                out,
+                "skiff_circuit_breaker_transitions_total{{destination=\"{label}\",state=\"{}\"}} {}",
+                to.as_str(),
+                state.breaker.transitions_into(to)
+            );
+        }
+    }
+    header(
+        &mut out,
+        "skiff_destination_in_flight",
+        "gauge",
+        "Bulkhead use: requests and retries in flight, open connections, requests waiting for a connection.",
+    );
+    for state in &live {
+        let label = escape(&state.label);
+        let bulkhead = &state.bulkhead;
+        let uses = [
+            ("requests", bulkhead.requests.current()),
+            ("retries", bulkhead.retries.current()),
+            ("connections", bulkhead.connections.open()),
+            ("pending", bulkhead.connections.pending()),
+        ];
+        for (kind, value) in uses {
+            let _ = writeln!(
+                out,
+                "skiff_destination_in_flight{{destination=\"{label}\",kind=\"{kind}\"}} {value}"
+            );
+        }
+    }
+    out
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {

@@ -107,6 +107,7 @@ spec:
             "test".into(),
             config,
             &crate::policy::ConfigLimits::default(),
+            &crate::resilience::destination::Destinations::default(),
         )
         .unwrap();
         let table = [

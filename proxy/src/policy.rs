@@ -5,15 +5,18 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use serde::Serialize;
-use skiff_api::config::{AppProtocol, ProxyConfig, WorkloadRef};
+use skiff_api::config::{AppProtocol, ProxyConfig, RoutePolicy, WorkloadRef};
 use skiff_api::identity::{SpiffeError, SpiffeId};
+use tokio::time::Instant;
 
 use crate::authz::InboundAuthz;
 use crate::detect::Protocol;
+use crate::resilience::balancer::{EndpointHealth, Pick};
+use crate::resilience::destination::{DestinationState, Destinations};
+use crate::resilience::rate_limit::TokenBucket;
 use crate::route::{CompileError, Route};
 
 /// One endpoint: where to connect, and who must answer there.
@@ -45,32 +48,53 @@ impl Destination {
     }
 }
 
-/// The ready endpoints of one port of one service, and the balancer's cursor over them.
-#[derive(Debug)]
+/// The ready endpoints of one port of one service (in one address family), with their
+/// health, and the destination's resilience state.
 pub struct EndpointSet {
     /// `namespace/name` of the service; the metric label and the name in logs.
     pub service: Arc<str>,
     pub endpoints: Vec<Destination>,
-    /// Round-robin cursor; balancer state that lives as long as this snapshot.
-    next: AtomicUsize,
+    /// The health of `endpoints[i]`, kept across snapshots.
+    pub health: Vec<Arc<EndpointHealth>>,
+    /// Budget, breaker, bulkheads and the balancer of this service port.
+    pub state: Arc<DestinationState>,
+}
+
+impl std::fmt::Debug for EndpointSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointSet")
+            .field("service", &self.service)
+            .field("endpoints", &self.endpoints)
+            .finish_non_exhaustive()
+    }
 }
 
 impl EndpointSet {
-    pub fn new(service: Arc<str>, endpoints: Vec<Destination>) -> Self {
+    pub fn new(
+        service: Arc<str>,
+        endpoints: Vec<Destination>,
+        state: Arc<DestinationState>,
+    ) -> Self {
+        let health = state.health(endpoints.iter().map(|e| e.addr));
         EndpointSet {
             service,
             endpoints,
-            next: AtomicUsize::new(0),
+            health,
+            state,
         }
     }
 
-    /// Picks the next endpoint round-robin, or `None` when none is ready.
-    pub fn pick(&self) -> Option<Destination> {
-        if self.endpoints.is_empty() {
-            return None;
-        }
-        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
-        Some(self.endpoints[index].clone())
+    /// Picks an endpoint with the destination's balancer, skipping ejected ones and, when it
+    /// can, those in `avoid`; `None` when none is ready. The [`Pick`] is in flight until it
+    /// is finished with the attempt's outcome.
+    pub fn pick(
+        &self,
+        avoid: &[SocketAddr],
+        now: Instant,
+        rng: &mut fastrand::Rng,
+    ) -> Option<(Destination, Pick)> {
+        let pick = self.state.endpoints.pick(&self.health, avoid, now, rng)?;
+        Some((self.endpoints[pick.index].clone(), pick))
     }
 
     /// Every endpoint is a sidecar (spoken to with mTLS when this proxy has an identity).
@@ -91,12 +115,11 @@ pub struct ServiceTarget {
     /// HTTPRoute rules in precedence order; when non-empty, a request no rule accepts is
     /// answered 404.
     pub routes: Vec<Route>,
-}
-
-impl ServiceTarget {
-    pub fn pick_endpoint(&self) -> Option<Destination> {
-        self.endpoints.pick()
-    }
+    /// Retries, rate limit, hedging and faults of requests no route decides (the service's
+    /// TrafficPolicy), and the defaults of its routes.
+    pub policy: RoutePolicy,
+    /// The service's token bucket when its TrafficPolicy sets `rateLimit`.
+    pub rate_limit: Option<Arc<TokenBucket>>,
 }
 
 /// A port of this workload that a Service targets.
@@ -117,6 +140,8 @@ pub struct Snapshot {
     pub inbound: BTreeMap<u16, InboundTarget>,
     /// Who may call this workload: mTLS mode per port and authorization rules.
     pub authz: InboundAuthz,
+    /// The workload's inbound token bucket (InboundPolicy `rateLimit`), over all its ports.
+    pub inbound_rate_limit: Option<Arc<TokenBucket>>,
     /// The configuration this snapshot was built from, shown by `/config_dump`.
     pub config: ProxyConfig,
 }
@@ -166,11 +191,15 @@ impl Snapshot {
     }
 
     /// Compiles a configuration into a snapshot (routes compiled, backends resolved).
+    /// Resilience state comes from `destinations`, so it carries over from the previous
+    /// snapshot.
     pub fn from_config(
         source: String,
         config: ProxyConfig,
         limits: &ConfigLimits,
+        destinations: &Destinations,
     ) -> Result<Snapshot, SnapshotError> {
+        let now = Instant::now();
         let routes: usize = config
             .services
             .iter()
@@ -190,6 +219,7 @@ impl Snapshot {
         for service in &config.services {
             let name: Arc<str> = Arc::from(service.name.as_str());
             for port in &service.ports {
+                let state = destinations.destination(&service.name, port.port, &port.traffic, now);
                 let mut destinations = Vec::with_capacity(port.endpoints.len());
                 for endpoint in &port.endpoints {
                     let identity = match &endpoint.identity {
@@ -216,7 +246,7 @@ impl Snapshot {
                         .collect();
                     sets.insert(
                         (&service.name, port.port, family),
-                        Arc::new(EndpointSet::new(name.clone(), endpoints)),
+                        Arc::new(EndpointSet::new(name.clone(), endpoints, state.clone())),
                     );
                 }
             }
@@ -230,15 +260,23 @@ impl Snapshot {
                     let target = match targets.get(&family) {
                         Some(target) => target.clone(),
                         None => {
+                            let defaults = &port.traffic.route_defaults;
                             let routes = port
                                 .routes
                                 .iter()
                                 .map(|route| {
-                                    Route::compile(route, |name, port| {
-                                        sets.get(&(name, port, family)).cloned()
-                                    })
+                                    Route::compile(
+                                        route,
+                                        defaults,
+                                        |name, port| sets.get(&(name, port, family)).cloned(),
+                                        |key, limit| destinations.bucket(key, limit, now),
+                                    )
                                 })
                                 .collect::<Result<Vec<_>, _>>()?;
+                            let rate_limit = defaults.rate_limit.map(|limit| {
+                                let key = format!("{}:{}", service.name, port.port);
+                                destinations.bucket(&key, &limit, now)
+                            });
                             let endpoints =
                                 sets[&(service.name.as_str(), port.port, family)].clone();
                             let target = Arc::new(ServiceTarget {
@@ -246,6 +284,8 @@ impl Snapshot {
                                 protocol: port.protocol.map(protocol),
                                 endpoints,
                                 routes,
+                                policy: defaults.clone(),
+                                rate_limit,
                             });
                             targets.insert(family, target.clone());
                             target
@@ -276,11 +316,15 @@ impl Snapshot {
                 )
             })
             .collect();
+        let inbound_rate_limit = config
+            .inbound_rate_limit
+            .map(|limit| destinations.bucket("inbound", &limit, now));
         Ok(Snapshot {
             source,
             outbound,
             inbound,
             authz: InboundAuthz::new(&config.inbound_security),
+            inbound_rate_limit,
             config,
         })
     }
@@ -363,6 +407,7 @@ pub fn load(
     workload: &WorkloadRef,
     pod_ips: &[IpAddr],
     limits: &ConfigLimits,
+    destinations: &Destinations,
 ) -> Result<Snapshot, LoadError> {
     let mut files = Vec::new();
     for path in paths {
@@ -399,7 +444,7 @@ pub fn load(
             .collect::<Vec<_>>()
             .join(", ")
     );
-    Ok(Snapshot::from_config(source, config, limits)?)
+    Ok(Snapshot::from_config(source, config, limits, destinations)?)
 }
 
 /// Standalone mode: validates `(file name, text)` pairs and computes the configuration the
@@ -491,17 +536,24 @@ mod tests {
             }],
             ..ProxyConfig::default()
         };
-        let snapshot =
-            Snapshot::from_config("test".into(), config, &ConfigLimits::default()).unwrap();
+        let snapshot = Snapshot::from_config(
+            "test".into(),
+            config,
+            &ConfigLimits::default(),
+            &Destinations::default(),
+        )
+        .unwrap();
         let web = snapshot
             .service_at("10.96.0.1:80".parse().unwrap())
             .unwrap();
         assert_eq!(web.protocol, Some(Protocol::Http1));
         let backend = web.routes[0].pick_backend().unwrap();
         assert_eq!(&*backend.service, "default/web-v2");
+        let mut rng = fastrand::Rng::with_seed(1);
+        let (picked, _) = backend.pick(&[], Instant::now(), &mut rng).unwrap();
         assert_eq!(
-            backend.pick(),
-            Some(Destination::plaintext("10.0.0.2:8080".parse().unwrap()))
+            picked,
+            Destination::plaintext("10.0.0.2:8080".parse().unwrap())
         );
         assert_eq!(&*snapshot.inbound[&8080].service, "default/web");
     }
@@ -517,8 +569,13 @@ mod tests {
             )],
             ..ProxyConfig::default()
         };
-        let error =
-            Snapshot::from_config("test".into(), dangling, &ConfigLimits::default()).unwrap_err();
+        let error = Snapshot::from_config(
+            "test".into(),
+            dangling,
+            &ConfigLimits::default(),
+            &Destinations::default(),
+        )
+        .unwrap_err();
         assert!(
             error
                 .to_string()
@@ -533,8 +590,13 @@ mod tests {
             ],
             ..ProxyConfig::default()
         };
-        let error =
-            Snapshot::from_config("test".into(), shared, &ConfigLimits::default()).unwrap_err();
+        let error = Snapshot::from_config(
+            "test".into(),
+            shared,
+            &ConfigLimits::default(),
+            &Destinations::default(),
+        )
+        .unwrap_err();
         assert!(
             error
                 .to_string()

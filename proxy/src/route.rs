@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use http::request::Parts;
 use regex::Regex;
-use skiff_api::config::{self, HeaderModifier, PathMatch, StringMatch};
+use skiff_api::config::{self, HeaderModifier, PathMatch, RoutePolicy, StringMatch};
+use skiff_api::traffic::RateLimit;
 
 use crate::policy::EndpointSet;
+use crate::resilience::rate_limit::TokenBucket;
 
 /// One HTTPRoute rule, ready to match requests.
 #[derive(Debug)]
@@ -25,8 +27,16 @@ pub struct Route {
     backends: Vec<(Arc<EndpointSet>, u64)>,
     /// Weighted round-robin cursor: deterministic, smooth over any window of `total` requests.
     cursor: AtomicUsize,
-    /// The shorter of the route's request and backend-request timeouts.
+    /// `timeouts.request`: the whole call, retries included.
     pub timeout: Option<Duration>,
+    /// `timeouts.backendRequest`: one attempt (it overrides the retry policy's per-try
+    /// timeout).
+    pub per_try_timeout: Option<Duration>,
+    /// Retries, rate limit, hedging and faults: the rule's own, each unset one from the
+    /// service's TrafficPolicy.
+    pub policy: RoutePolicy,
+    /// The rule's token bucket, shared by its matches, when `policy.rate_limit` is set.
+    pub rate_limit: Option<Arc<TokenBucket>>,
 }
 
 #[derive(Debug)]
@@ -74,10 +84,13 @@ pub enum CompileError {
 }
 
 impl Route {
-    /// Compiles a route; `resolve` finds the endpoints of a backend service port.
+    /// Compiles a route; `defaults` are the service's per-route settings, `resolve` finds the
+    /// endpoints of a backend service port and `bucket` the token bucket of a rule.
     pub fn compile(
         route: &config::Route,
+        defaults: &RoutePolicy,
         resolve: impl Fn(&str, u16) -> Option<Arc<EndpointSet>>,
+        bucket: impl Fn(&str, &RateLimit) -> Arc<TokenBucket>,
     ) -> Result<Route, CompileError> {
         let id = format!("{}#{}", route.route, route.rule);
         let regex = |pattern: &str| {
@@ -148,6 +161,17 @@ impl Route {
                 backends.push((endpoints, total));
             }
         }
+        let policy = RoutePolicy {
+            retry: route
+                .policy
+                .retry
+                .clone()
+                .or_else(|| defaults.retry.clone()),
+            rate_limit: route.policy.rate_limit.or(defaults.rate_limit),
+            hedge: route.policy.hedge.or(defaults.hedge),
+            fault: route.policy.fault.or(defaults.fault),
+        };
+        let rate_limit = policy.rate_limit.map(|limit| bucket(&id, &limit));
         Ok(Route {
             id,
             matches,
@@ -155,11 +179,16 @@ impl Route {
             response_headers: route.response_headers.clone(),
             backends,
             cursor: AtomicUsize::new(0),
-            timeout: match (route.timeout, route.backend_timeout) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            },
+            timeout: route.timeout,
+            per_try_timeout: route.backend_timeout,
+            policy,
+            rate_limit,
         })
+    }
+
+    /// The endpoint sets of the route's backends (weight above zero).
+    pub fn backends(&self) -> impl Iterator<Item = &Arc<EndpointSet>> {
+        self.backends.iter().map(|(set, _)| set)
     }
 
     /// Whether the request head satisfies one of the route's matches.
@@ -254,6 +283,7 @@ pub fn modify_headers(headers: &mut http::HeaderMap, modifier: &HeaderModifier) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resilience::destination::Destinations;
     use skiff_api::config::{Backend, RouteMatch, ValueMatch};
 
     fn route(matches: Vec<RouteMatch>, backends: &[(&str, u32)]) -> Route {
@@ -275,9 +305,25 @@ mod tests {
             backend_timeout: None,
             policy: Default::default(),
         };
-        Route::compile(&config, |service, _| {
-            Some(Arc::new(EndpointSet::new(service.into(), vec![])))
-        })
+        let destinations = Destinations::default();
+        let state = destinations.destination(
+            "default/any",
+            80,
+            &Default::default(),
+            tokio::time::Instant::now(),
+        );
+        Route::compile(
+            &config,
+            &RoutePolicy::default(),
+            |service, _| {
+                Some(Arc::new(EndpointSet::new(
+                    service.into(),
+                    vec![],
+                    state.clone(),
+                )))
+            },
+            |_, _| unreachable!("no rate limit"),
+        )
         .unwrap()
     }
 
@@ -408,7 +454,13 @@ mod tests {
             backend_timeout: None,
             policy: Default::default(),
         };
-        let error = Route::compile(&config, |_, _| None).unwrap_err();
+        let error = Route::compile(
+            &config,
+            &RoutePolicy::default(),
+            |_, _| None,
+            |_, _| unreachable!("no rate limit"),
+        )
+        .unwrap_err();
         assert!(
             error
                 .to_string()

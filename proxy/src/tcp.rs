@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::error::ConnectError;
+use crate::error::{ConnectError, Failure};
 use crate::idle::{Activity, Tracked};
 
 /// Buffer per direction: large enough for bulk throughput, small enough for many idle
@@ -30,12 +30,14 @@ pub async fn connect(
 /// or nothing moved for `idle_timeout`. EOF on one side is passed on as a half-close
 /// (`shutdown(SHUT_WR)`) and the other direction keeps flowing.
 /// `downstream` is expected to be [`Tracked`] by `activity`, which measures idleness and bytes.
+/// Returns [`Failure::IdleTimeout`] when the connection was closed for idleness.
 pub async fn copy<D, U>(
     downstream: &mut Tracked<D>,
     upstream: U,
     idle_timeout: Duration,
     activity: &Activity,
-) where
+) -> Option<Failure>
+where
     D: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
@@ -45,8 +47,12 @@ pub async fn copy<D, U>(
             if let Err(error) = copied {
                 tracing::debug!(%error, "tcp copy ended with an error");
             }
+            None
         }
-        () = activity.idle_for(idle_timeout) => tracing::debug!(?idle_timeout, "tcp connection idle, closing"),
+        () = activity.idle_for(idle_timeout) => {
+            tracing::debug!(?idle_timeout, "tcp connection idle, closing");
+            Some(Failure::IdleTimeout)
+        }
     }
 }
 

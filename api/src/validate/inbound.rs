@@ -3,12 +3,13 @@
 //! ports, and authorization rules whose every value can match a normalised request. Several
 //! policies may apply to one workload — their rules add up — but every mode they set for it
 //! must agree, so that which mode applies is never a guess. With selectors, which policies
-//! meet on a workload depends on its labels, so that is checked workload by workload.
+//! meet on a workload depends on its labels, so that is checked workload by workload. A
+//! `rateLimit` is checked like a TrafficPolicy's ([`super::traffic`]).
 
 use std::collections::{BTreeMap, HashMap};
 
 use super::service::Workloads;
-use super::{fields, has_errors, key_of, selector, Lookup};
+use super::{fields, has_errors, key_of, selector, traffic, Lookup};
 use crate::config::{AuthorizationPath, PortMode};
 use crate::document::Located;
 use crate::identity::SpiffeId;
@@ -40,12 +41,17 @@ pub(super) fn inbound_policies(
             .enumerate()
             .map(|(index, rule)| authorization_rule(item, index, rule, &mut found))
             .collect();
+        let rate_limit = spec
+            .rate_limit
+            .as_ref()
+            .and_then(|limit| traffic::rate_limit(item, "spec.rateLimit", limit, &mut found));
         let checked = policy::InboundPolicy {
             key,
             target,
             mode: spec.mtls.mode,
             port_modes,
             rules,
+            rate_limit,
         };
         if !has_errors(&found) {
             modes.claim(item, &checked, &mut found);

@@ -13,6 +13,7 @@ mod route;
 mod selector;
 mod service;
 mod targets;
+mod traffic;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -54,8 +55,21 @@ pub fn load(files: &[(String, String)]) -> Result<Loaded, Vec<Problem>> {
     );
     let routes = route::routes(&objects.routes, &services, &mut problems);
     conflicts::check(&routes, &services, &mut problems);
-    let traffic_policies =
-        targets::traffic_policies(&objects.traffic_policies, &services, &mut problems);
+    let mut known_routes = targets::Routes::default();
+    for route in &objects.routes {
+        let key = key_of(&route.value.metadata);
+        let checked = routes
+            .binary_search_by(|r| r.value.key.cmp(&key))
+            .ok()
+            .map(|at| routes[at].clone());
+        known_routes.insert(key, checked);
+    }
+    let traffic_policies = targets::traffic_policies(
+        &objects.traffic_policies,
+        &services,
+        &known_routes,
+        &mut problems,
+    );
     let inbound_policies =
         inbound::inbound_policies(&objects.inbound_policies, &workloads, &mut problems);
 
@@ -118,7 +132,7 @@ impl Objects {
             Resource::EndpointSlice(r) => self.endpoint_slices.push(place.with(r)),
             Resource::HttpRoute(r) => self.routes.push(place.with(*r)),
             Resource::Workload(r) => self.workloads.push(place.with(r)),
-            Resource::TrafficPolicy(r) => self.traffic_policies.push(place.with(r)),
+            Resource::TrafficPolicy(r) => self.traffic_policies.push(place.with(*r)),
             Resource::InboundPolicy(r) => self.inbound_policies.push(place.with(r)),
         }
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::config::{AppProtocol, Backend, PathMatch, StringMatch};
-use crate::policy::{Endpoint, InboundTarget, Transport};
+use crate::policy::{Endpoint, InboundTarget, TrafficSettings, TrafficTarget, Transport};
 
 fn files(list: &[(&str, &str)]) -> Vec<(String, String)> {
     list.iter()
@@ -206,13 +206,28 @@ spec:
     let [whole, one_port] = policy.traffic_policies.as_slice() else {
         panic!("{:?}", policy.traffic_policies)
     };
+    let web = ObjectKey::new("shop", "web");
     assert_eq!(
-        (whole.port, whole.connect_timeout),
-        (None, Duration::from_secs(1))
+        (&whole.target, &whole.settings),
+        (
+            &TrafficTarget::Service {
+                service: web.clone(),
+                port: None
+            },
+            &TrafficSettings::default()
+        ),
+        "nothing set: the view fills in the defaults"
     );
     assert_eq!(
-        (one_port.port, one_port.connect_timeout),
-        (Some(80), Duration::from_millis(250))
+        one_port.target,
+        TrafficTarget::Service {
+            service: web,
+            port: Some(80)
+        }
+    );
+    assert_eq!(
+        one_port.settings.connect_timeout,
+        Some(Duration::from_millis(250))
     );
     let inbound = &policy.inbound_policies[0];
     assert_eq!(

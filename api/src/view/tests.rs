@@ -840,3 +840,316 @@ fn selected_policies_take_precedence_like_targeted_ones() {
         "an empty selector is no selector"
     );
 }
+
+const TRAFFIC_POLICIES: &str = "\
+apiVersion: skiff.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: web, namespace: shop}
+spec:
+  targetRef: {name: web}
+  connectTimeout: 2s
+  requestTimeout: 30s
+  loadBalancer: RoundRobin
+  retry: {on: [5xx], attempts: 1}
+  rateLimit: {requestsPerSecond: 100}
+  fault: {abort: {httpStatus: 503, percent: 0.5}}
+---
+apiVersion: skiff.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: web-http, namespace: shop}
+spec:
+  targetRef: {name: web, sectionName: http}
+  connectTimeout: 500ms
+  hedge: {delay: 20ms}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web, namespace: shop}
+spec:
+  parentRefs: [{group: \"\", kind: Service, name: web, port: 80}]
+  rules:
+  - name: reads
+    matches: [{method: GET}]
+    backendRefs: [{name: web, port: 80}]
+    timeouts: {backendRequest: 2s}
+  - name: writes
+    matches: [{method: POST}]
+    backendRefs: [{name: web, port: 80}]
+    timeouts: {backendRequest: 3s}
+    retry: {codes: [409]}
+  - name: gep
+    matches: [{path: {value: /gep}}]
+    backendRefs: [{name: web, port: 80}]
+    timeouts: {backendRequest: 4s}
+    retry: {codes: [503], attempts: 4}
+  - matches: [{path: {value: /plain}}]
+    backendRefs: [{name: web, port: 80}]
+    timeouts: {backendRequest: 5s}
+---
+apiVersion: skiff.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: web-route, namespace: shop}
+spec:
+  targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: web}
+  retry: {on: [gateway-error], attempts: 3}
+  rateLimit: {requestsPerSecond: 10, burst: 20}
+---
+apiVersion: skiff.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: web-reads, namespace: shop}
+spec:
+  targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: web, sectionName: reads}
+  retry: {on: [unavailable], perTryTimeout: 1s}
+  hedge: {delay: 50ms, maxHedges: 2}
+---
+apiVersion: skiff.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: web-gep, namespace: shop}
+spec:
+  targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: web, sectionName: gep}
+  fault: {delay: {fixedDelay: 1s}}
+";
+
+#[test]
+fn a_port_policy_wins_field_by_field_over_the_service_policy() {
+    use crate::traffic::{
+        Fault, FaultAbort, Hedge, LoadBalancer, RetryOn, RetryPolicy, DEFAULT_IDLE_TIMEOUT,
+    };
+    use std::time::Duration;
+
+    let policy = policy(&[SERVICES, TRAFFIC_POLICIES].concat());
+    let config = proxy_config(&policy, &me("shop", "client"), &[], TD);
+    let web = config
+        .services
+        .iter()
+        .find(|s| s.name == "shop/web")
+        .unwrap();
+    let retry = RetryPolicy {
+        attempts: 1,
+        on: vec![RetryOn::ServerError],
+        ..RetryPolicy::default()
+    };
+    let fault = Fault {
+        delay: None,
+        abort: Some(FaultAbort {
+            status: 503,
+            per_100k: 500,
+        }),
+    };
+    let service_wide = TrafficConfig {
+        connect_timeout: Duration::from_secs(2),
+        idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        request_timeout: Some(Duration::from_secs(30)),
+        retry: retry.clone(),
+        load_balancer: LoadBalancer::RoundRobin,
+        route_defaults: RoutePolicy {
+            retry: Some(retry),
+            rate_limit: Some(RateLimit {
+                requests_per_second: 100,
+                burst: 100,
+            }),
+            hedge: None,
+            fault: Some(fault),
+        },
+        ..TrafficConfig::default()
+    };
+    let admin = &web.ports[1];
+    assert_eq!(admin.port, 9000);
+    assert_eq!(admin.traffic, service_wide, "only the Service's policy");
+    let http = &web.ports[0];
+    let mut expected = service_wide.clone();
+    expected.connect_timeout = Duration::from_millis(500);
+    expected.route_defaults.hedge = Some(Hedge {
+        delay: Duration::from_millis(20),
+        max_hedges: 1,
+    });
+    assert_eq!(
+        http.traffic, expected,
+        "the port's fields, then the Service's"
+    );
+    let other = config.services.iter().find(|s| s.name == "shop/web-v2");
+    assert_eq!(
+        other.unwrap().ports[0].traffic,
+        TrafficConfig::default(),
+        "no policy: every default"
+    );
+}
+
+#[test]
+fn a_rule_takes_its_policy_then_the_route_policy_then_its_own_retry() {
+    use crate::traffic::{Fault, FaultDelay, Hedge, RetryOn, RetryPolicy, DEFAULT_RETRY_ATTEMPTS};
+    use std::time::Duration;
+
+    let policy = policy(&[SERVICES, TRAFFIC_POLICIES].concat());
+    let config = proxy_config(&policy, &me("shop", "client"), &[], TD);
+    let web = config
+        .services
+        .iter()
+        .find(|s| s.name == "shop/web")
+        .unwrap();
+    let rule = |index: usize| {
+        let route = web.ports[0].routes.iter().find(|r| r.rule == index);
+        route.unwrap().policy.clone()
+    };
+    let secs = Duration::from_secs;
+    let route_retry = RetryPolicy {
+        attempts: 3,
+        on: vec![RetryOn::GatewayError],
+        ..RetryPolicy::default()
+    };
+    let route_limit = Some(RateLimit {
+        requests_per_second: 10,
+        burst: 20,
+    });
+    let rows = [
+        (
+            "reads: its own policy's retry (its perTryTimeout wins over backendRequest) and \
+             hedge, the route's rate limit",
+            rule(0),
+            RoutePolicy {
+                retry: Some(RetryPolicy {
+                    attempts: DEFAULT_RETRY_ATTEMPTS,
+                    on: vec![RetryOn::Grpc(14)],
+                    per_try_timeout: Some(secs(1)),
+                    ..RetryPolicy::default()
+                }),
+                rate_limit: route_limit,
+                hedge: Some(Hedge {
+                    delay: Duration::from_millis(50),
+                    max_hedges: 2,
+                }),
+                fault: None,
+            },
+        ),
+        (
+            "writes: the route policy's retry beats the rule's GEP-1731 retry; backendRequest \
+             bounds each try",
+            rule(1),
+            RoutePolicy {
+                retry: Some(RetryPolicy {
+                    per_try_timeout: Some(secs(3)),
+                    ..route_retry.clone()
+                }),
+                rate_limit: route_limit,
+                hedge: None,
+                fault: None,
+            },
+        ),
+        (
+            "gep: its own policy sets only a fault; retry from the route policy",
+            rule(2),
+            RoutePolicy {
+                retry: Some(RetryPolicy {
+                    per_try_timeout: Some(secs(4)),
+                    ..route_retry.clone()
+                }),
+                rate_limit: route_limit,
+                hedge: None,
+                fault: Some(Fault {
+                    delay: Some(FaultDelay {
+                        delay: secs(1),
+                        per_100k: 100_000,
+                    }),
+                    abort: None,
+                }),
+            },
+        ),
+        (
+            "unnamed rule: the route policy",
+            rule(3),
+            RoutePolicy {
+                retry: Some(RetryPolicy {
+                    per_try_timeout: Some(secs(5)),
+                    ..route_retry
+                }),
+                rate_limit: route_limit,
+                hedge: None,
+                fault: None,
+            },
+        ),
+    ];
+    for (what, got, expected) in rows {
+        assert_eq!(got, expected, "{what}");
+    }
+}
+
+#[test]
+fn without_traffic_policies_a_rule_keeps_its_gateway_retry_or_leaves_the_service_defaults() {
+    use crate::traffic::{RetryOn, RetryPolicy};
+    use std::time::Duration;
+
+    let routes = TRAFFIC_POLICIES
+        .split("---\n")
+        .filter(|doc| doc.contains("\nkind: HTTPRoute\n"))
+        .collect::<String>();
+    let policy = policy(&[SERVICES, &routes].concat());
+    let config = proxy_config(&policy, &me("shop", "client"), &[], TD);
+    let web = config
+        .services
+        .iter()
+        .find(|s| s.name == "shop/web")
+        .unwrap();
+    let mut policies: Vec<(usize, RoutePolicy)> = web.ports[0]
+        .routes
+        .iter()
+        .map(|r| (r.rule, r.policy.clone()))
+        .collect();
+    policies.sort_by_key(|(rule, _)| *rule);
+    let gateway = |code: u16, attempts: u32, per_try: u64| RoutePolicy {
+        retry: Some(RetryPolicy {
+            attempts,
+            on: vec![RetryOn::Status(code)],
+            per_try_timeout: Some(Duration::from_secs(per_try)),
+            ..RetryPolicy::default()
+        }),
+        ..RoutePolicy::default()
+    };
+    let expected = [
+        (0, RoutePolicy::default()),
+        (1, gateway(409, 2, 3)),
+        (2, gateway(503, 4, 4)),
+        (3, RoutePolicy::default()),
+    ];
+    assert_eq!(policies, expected, "None: the proxy applies route_defaults");
+}
+
+#[test]
+fn the_inbound_rate_limit_is_the_strictest_of_the_policies_that_apply() {
+    let limits = "\
+apiVersion: skiff.dev/v1alpha1
+kind: InboundPolicy
+metadata: {name: all, namespace: shop}
+spec:
+  rateLimit: {requestsPerSecond: 100, burst: 500}
+---
+apiVersion: skiff.dev/v1alpha1
+kind: InboundPolicy
+metadata: {name: web-a, namespace: shop}
+spec:
+  targetRef: {name: web-a}
+  rateLimit: {requestsPerSecond: 100, burst: 10}
+---
+apiVersion: skiff.dev/v1alpha1
+kind: InboundPolicy
+metadata: {name: web-a-loose, namespace: shop}
+spec:
+  targetRef: {name: web-a}
+  rateLimit: {requestsPerSecond: 1000}
+";
+    let policy = policy(&[SERVICES, limits].concat());
+    let limit = |requests_per_second, burst| {
+        Some(RateLimit {
+            requests_per_second,
+            burst,
+        })
+    };
+    let rows = [
+        (me("shop", "web-a"), limit(100, 10)),
+        (me("shop", "someone"), limit(100, 500)),
+        (me("data", "db-0"), None),
+    ];
+    for (workload, expected) in rows {
+        let config = proxy_config(&policy, &workload, &[], TD);
+        assert_eq!(config.inbound_rate_limit, expected, "{workload}");
+    }
+}

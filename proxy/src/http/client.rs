@@ -16,13 +16,24 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::error::{classify_hyper, ConnectError, Failure};
+use super::replay::ReplayBody;
+use crate::error::{classify_hyper, upstream_may_have_seen, ConnectError, Failure};
 use crate::metrics::{Direction, Metrics};
 use crate::policy::Destination;
+use crate::resilience::bulkhead::{ConnectionLimit, ConnectionPermit};
 use crate::tls::Identity;
 
-/// Request body type sent upstream: the downstream body, streamed.
-type RequestBody = Incoming;
+/// Request body type sent upstream: the downstream body, streamed, and kept for a retry when
+/// it is small enough.
+type RequestBody = ReplayBody;
+
+/// How to open a new connection for one destination: its connect timeout (TrafficPolicy
+/// `connectTimeout`) and its connection bulkhead, when it has one.
+#[derive(Clone, Copy)]
+pub struct Dial<'a> {
+    pub connect_timeout: Duration,
+    pub connections: Option<&'a Arc<ConnectionLimit>>,
+}
 
 /// How upstream connections are made and kept.
 #[derive(Clone, Debug)]
@@ -64,6 +75,15 @@ impl SendError {
         match self {
             SendError::Connect(e) => e.failure(),
             SendError::Exchange { source, .. } => classify_hyper(source),
+        }
+    }
+
+    /// The upstream cannot have seen the request: the connection was never made, or the
+    /// stream was refused. Such a request is safe to send again, whatever its method.
+    pub fn nothing_sent(&self) -> bool {
+        match self {
+            SendError::Connect(_) => true,
+            SendError::Exchange { source, .. } => !upstream_may_have_seen(source),
         }
     }
 }
@@ -134,6 +154,28 @@ impl Upstreams {
         })
     }
 
+    /// How to reach the local app (inbound): the proxy-wide connect timeout, no bulkhead.
+    pub fn local_dial(&self) -> Dial<'static> {
+        Dial {
+            connect_timeout: self.settings.connect_timeout,
+            connections: None,
+        }
+    }
+
+    /// Forgets pooled connections to endpoints `keep` rejects (they left the configuration).
+    /// A dropped HTTP/2 connection finishes its streams in flight and then closes (GOAWAY), so
+    /// long-lived clients move to the endpoints that remain.
+    pub fn retain(&self, keep: impl Fn(SocketAddr) -> bool) {
+        self.http2
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|key, sender| keep(key.addr) && !sender.is_closed());
+        self.idle_http1
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|key, _| keep(key.addr));
+    }
+
     /// Whether requests to `destination` travel over mTLS between sidecars.
     pub fn is_mesh(&self, destination: &Destination) -> bool {
         self.identity.is_some() && destination.identity.is_some()
@@ -157,13 +199,14 @@ impl Upstreams {
         self: &Arc<Self>,
         destination: &Destination,
         mut request: http::Request<RequestBody>,
+        dial: Dial<'_>,
     ) -> Result<(http::Response<Incoming>, Checkin), SendError> {
         let key = self.key(destination);
         let addr = key.addr;
         loop {
             let (mut sender, reused) = match self.checkout_http1(&key) {
                 Some(sender) => (sender, true),
-                None => (self.connect_http1(&key).await?, false),
+                None => (self.connect_http1(&key, dial).await?, false),
             };
             if sender.ready().await.is_err() && reused {
                 continue;
@@ -198,6 +241,7 @@ impl Upstreams {
         self: &Arc<Self>,
         destination: &Destination,
         mut request: http::Request<RequestBody>,
+        dial: Dial<'_>,
     ) -> Result<http::Response<Incoming>, SendError> {
         let key = self.key(destination);
         let addr = key.addr;
@@ -207,14 +251,14 @@ impl Upstreams {
         };
         let (mut sender, reused) = match existing {
             Some(sender) => (sender, true),
-            None => (self.connect_http2(&key).await?, false),
+            None => (self.connect_http2(&key, dial).await?, false),
         };
         loop {
             let sent = match sender.ready().await {
                 Ok(()) => sender.try_send_request(request).await,
                 Err(source) if reused => {
                     tracing::debug!(%addr, %source, "pooled http/2 connection unusable, reconnecting");
-                    sender = self.connect_http2(&key).await?;
+                    sender = self.connect_http2(&key, dial).await?;
                     continue;
                 }
                 Err(source) => return Err(SendError::Exchange { addr, source }),
@@ -224,7 +268,7 @@ impl Upstreams {
                 Err(mut error) => match error.take_message() {
                     Some(unsent) if reused => {
                         request = unsent;
-                        sender = self.connect_http2(&key).await?;
+                        sender = self.connect_http2(&key, dial).await?;
                     }
                     _ => {
                         return Err(SendError::Exchange {
@@ -254,16 +298,26 @@ impl Upstreams {
         &self,
         destination: &Destination,
         alpn: &'static [u8],
-    ) -> Result<UpstreamStream, ConnectError> {
+        dial: Dial<'_>,
+    ) -> Result<(UpstreamStream, Option<ConnectionPermit>), ConnectError> {
         let addr = destination.addr;
-        let stream = crate::tcp::connect(addr, self.settings.connect_timeout).await?;
-        let (Some(identity), Some(expected)) = (&self.identity, &destination.identity) else {
-            return Ok(UpstreamStream::Plain(stream));
+        let permit = match dial.connections {
+            Some(limit) => Some(
+                limit
+                    .acquire()
+                    .await
+                    .map_err(|_| ConnectError::Overflow { addr })?,
+            ),
+            None => None,
         };
-        let timeout = self.settings.connect_timeout;
+        let timeout = dial.connect_timeout;
+        let stream = crate::tcp::connect(addr, timeout).await?;
+        let (Some(identity), Some(expected)) = (&self.identity, &destination.identity) else {
+            return Ok((UpstreamStream::Plain(stream), permit));
+        };
         let handshake = crate::tls::connect(identity, stream, alpn, expected);
         match tokio::time::timeout(timeout, handshake).await {
-            Ok(Ok(tls)) => Ok(UpstreamStream::Mesh(Box::new(tls))),
+            Ok(Ok(tls)) => Ok((UpstreamStream::Mesh(Box::new(tls)), permit)),
             Ok(Err(source)) => {
                 self.metrics
                     .record_handshake_failure(Direction::Outbound, source.reason());
@@ -280,28 +334,34 @@ impl Upstreams {
     async fn connect_http1(
         &self,
         key: &PoolKey,
+        dial: Dial<'_>,
     ) -> Result<http1::SendRequest<RequestBody>, ConnectError> {
         let destination = Destination {
             addr: key.addr,
             identity: key.peer.clone(),
         };
-        match self.connect(&destination, ALPN_HTTP1).await? {
-            UpstreamStream::Plain(stream) => handshake_http1(stream, key.addr).await,
-            UpstreamStream::Mesh(tls) => handshake_http1(tls, key.addr).await,
+        match self.connect(&destination, ALPN_HTTP1, dial).await? {
+            (UpstreamStream::Plain(stream), permit) => {
+                handshake_http1(stream, key.addr, permit).await
+            }
+            (UpstreamStream::Mesh(tls), permit) => handshake_http1(tls, key.addr, permit).await,
         }
     }
 
     async fn connect_http2(
         &self,
         key: &PoolKey,
+        dial: Dial<'_>,
     ) -> Result<http2::SendRequest<RequestBody>, ConnectError> {
         let destination = Destination {
             addr: key.addr,
             identity: key.peer.clone(),
         };
-        let sender = match self.connect(&destination, ALPN_HTTP2).await? {
-            UpstreamStream::Plain(stream) => handshake_http2(stream, key.addr).await?,
-            UpstreamStream::Mesh(tls) => handshake_http2(tls, key.addr).await?,
+        let sender = match self.connect(&destination, ALPN_HTTP2, dial).await? {
+            (UpstreamStream::Plain(stream), permit) => {
+                handshake_http2(stream, key.addr, permit).await?
+            }
+            (UpstreamStream::Mesh(tls), permit) => handshake_http2(tls, key.addr, permit).await?,
         };
         self.http2
             .lock()
@@ -317,9 +377,11 @@ pub enum UpstreamStream {
     Mesh(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
+/// The connection's bulkhead permit (if any) lives as long as the connection's task.
 async fn handshake_http1<IO>(
     io: IO,
     addr: SocketAddr,
+    permit: Option<ConnectionPermit>,
 ) -> Result<http1::SendRequest<RequestBody>, ConnectError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -329,6 +391,7 @@ where
         .await
         .map_err(|source| ConnectError::Handshake { addr, source })?;
     tokio::spawn(async move {
+        let _permit = permit;
         if let Err(error) = connection.with_upgrades().await {
             tracing::debug!(%addr, %error, "upstream http/1 connection ended");
         }
@@ -339,6 +402,7 @@ where
 async fn handshake_http2<IO>(
     io: IO,
     addr: SocketAddr,
+    permit: Option<ConnectionPermit>,
 ) -> Result<http2::SendRequest<RequestBody>, ConnectError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -351,6 +415,7 @@ where
         .await
         .map_err(|source| ConnectError::Handshake { addr, source })?;
     tokio::spawn(async move {
+        let _permit = permit;
         if let Err(error) = connection.await {
             tracing::debug!(%addr, %error, "upstream http/2 connection ended");
         }

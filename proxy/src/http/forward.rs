@@ -1,8 +1,13 @@
 //! One request, start to finish: pick the upstream, clean the headers, send it on a pooled
 //! connection, and stream the response back (or answer with the reason it failed).
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
 
 use http::{header, uri, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
@@ -11,8 +16,12 @@ use hyper_util::rt::TokioIo;
 use skiff_api::identity::{SpiffeId, ORIGINAL_PROTOCOL_HEADER};
 use tokio::time::Instant;
 
-use super::client::Upstreams;
+use skiff_api::traffic::{Fault, Hedge, RetryPolicy, DEFAULT_RETRY_ATTEMPTS};
+
+use super::client::{Dial, SendError, Upstreams};
 use super::headers::{is_upgrade, strip_hop_by_hop};
+use super::replay::{ReplayBody, Replayable};
+use super::retry::{is_grpc, is_idempotent, should_retry, Ended, ATTEMPT_HEADER};
 use super::{denied_response, failure_response, ResponseBody};
 use crate::authz::Verdict;
 use crate::detect::Protocol;
@@ -20,7 +29,12 @@ use crate::drain::DrainSignal;
 use crate::error::{Failure, NotForwarded};
 use crate::idle::Activity;
 use crate::metrics::ServiceMetrics;
-use crate::policy::{Destination, ServiceTarget, SnapshotHandle};
+use crate::policy::{Destination, EndpointSet, ServiceTarget, Snapshot, SnapshotHandle};
+use crate::resilience::backoff::full_jitter;
+use crate::resilience::balancer::Pick;
+use crate::resilience::breaker::BreakerPermit;
+use crate::resilience::bulkhead::{Limit, LimitGuard};
+use crate::resilience::destination::{DestinationState, RetryReason};
 use crate::route::modify_headers;
 
 /// Where a connection's requests go.
@@ -60,6 +74,78 @@ pub struct Forwarder {
     /// An upgraded connection (WebSocket) outlives its HTTP exchange and must hold off the
     /// drain on its own.
     pub drain: DrainSignal,
+    /// The proxy-wide cap on requests in flight (load shedding).
+    pub in_flight: Arc<Limit>,
+}
+
+/// How one call to a destination is made: where, how often it may be tried, how long each
+/// try may take, and whether slow tries are hedged.
+struct Plan<'a> {
+    endpoints: &'a EndpointSet,
+    retry: &'a RetryPolicy,
+    per_try_timeout: Option<Duration>,
+    hedge: Option<Hedge>,
+}
+
+/// One attempt, ready to go: the endpoint (in flight in the balancer), the breaker's
+/// permission, and the request.
+struct Attempt {
+    destination: Destination,
+    pick: Pick,
+    permit: BreakerPermit,
+    request: Request<ReplayBody>,
+    started: Instant,
+}
+
+/// How an attempt failed, and whether the upstream can have seen it.
+struct AttemptError {
+    failure: Failure,
+    nothing_sent: bool,
+}
+
+impl From<&SendError> for AttemptError {
+    fn from(error: &SendError) -> Self {
+        AttemptError {
+            failure: error.failure(),
+            nothing_sent: error.nothing_sent(),
+        }
+    }
+}
+
+/// What a hedged call does next.
+enum Next {
+    Answered(Box<Result<Response<ResponseBody>, Failure>>),
+    Hedge,
+    Exhausted,
+}
+
+/// Resolves with the first of `racing` to finish, removing it from the race.
+async fn race<F: Future + Unpin>(racing: &mut Vec<F>) -> F::Output {
+    std::future::poll_fn(|cx| {
+        for index in 0..racing.len() {
+            if let Poll::Ready(output) = Pin::new(&mut racing[index]).poll(cx) {
+                racing.swap_remove(index);
+                return Poll::Ready(output);
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Fault injection: delays and/or aborts a share of requests before they are sent.
+async fn inject(fault: &Fault, rng: &mut fastrand::Rng) -> Result<(), Failure> {
+    if let Some(delay) = fault.delay {
+        if rng.u32(0..100_000) < delay.per_100k {
+            tokio::time::sleep(delay.delay).await;
+        }
+    }
+    match fault.abort {
+        Some(abort) if rng.u32(0..100_000) < abort.per_100k => {
+            Err(Failure::FaultAbort(abort.status))
+        }
+        _ => Ok(()),
+    }
 }
 
 impl Forwarder {
@@ -67,7 +153,14 @@ impl Forwarder {
     pub async fn forward(&self, request: Request<Incoming>) -> Response<ResponseBody> {
         let started = Instant::now();
         let _in_flight = self.activity.request();
-        let response = match self.route_and_forward(request).await {
+        // Beyond the proxy's cap a request is refused at once rather than queued behind the
+        // others: a fast 503 lets the caller go elsewhere.
+        let shed = self.in_flight.try_acquire();
+        let result = match shed {
+            Some(_admitted) => self.route_and_forward(request).await,
+            None => Err(Failure::Overloaded.into()),
+        };
+        let response = match result {
             Ok(response) => response,
             Err(NotForwarded::Failed(failure)) => {
                 self.metrics.record_failure(failure);
@@ -84,8 +177,8 @@ impl Forwarder {
         response
     }
 
-    /// Decides where the request goes (route, backend, endpoint), applies the route's header
-    /// changes and timeout, and forwards it.
+    /// Decides where the request goes (route, backend), applies the route's rate limit,
+    /// faults, header changes and timeouts, and makes the call.
     async fn route_and_forward(
         &self,
         mut request: Request<Incoming>,
@@ -96,9 +189,23 @@ impl Forwarder {
                 snapshot,
                 client,
             } => {
-                authorize(&mut request, addr.port(), snapshot, client.as_deref())?;
+                let snapshot = snapshot.current();
+                authorize(&mut request, addr.port(), &snapshot, client.as_deref())?;
+                if let Some(bucket) = &snapshot.inbound_rate_limit {
+                    if !bucket.try_take(Instant::now()) {
+                        return Err(Failure::RateLimited.into());
+                    }
+                }
                 let destination = Destination::plaintext(*addr);
-                return Ok(self.send(destination, request).await?);
+                let dial = self.upstreams.local_dial();
+                let upgrade = (request.version() <= Version::HTTP_11
+                    && is_upgrade(request.headers()))
+                .then(|| hyper::upgrade::on(&mut request));
+                let request = request.map(ReplayBody::streamed);
+                return self
+                    .send_with_upgrade(destination, request, upgrade, dial)
+                    .await
+                    .map_err(|error| error.failure.into());
             }
             Upstream::Service {
                 vip,
@@ -126,33 +233,292 @@ impl Forwarder {
             };
             (backend, Some(route))
         };
-        let destination = endpoints.pick().ok_or(Failure::NoHealthyEndpoint)?;
-        let Some(route) = route else {
-            return Ok(self.send(destination, request).await?);
+        let policy = route.map_or(&target.policy, |r| &r.policy);
+        let bucket = route.map_or(target.rate_limit.as_ref(), |r| r.rate_limit.as_ref());
+        if bucket.is_some_and(|b| !b.try_take(Instant::now())) {
+            return Err(Failure::RateLimited.into());
+        }
+        let mut rng = fastrand::Rng::new();
+        if let Some(fault) = &policy.fault {
+            inject(fault, &mut rng).await?;
+        }
+        if let Some(route) = route {
+            modify_headers(request.headers_mut(), &route.request_headers);
+        }
+        let service = &target.endpoints.state.config;
+        let retry = policy.retry.as_ref().unwrap_or(&service.retry);
+        let plan = Plan {
+            endpoints,
+            retry,
+            per_try_timeout: route
+                .and_then(|r| r.per_try_timeout)
+                .or(retry.per_try_timeout),
+            hedge: policy.hedge,
         };
-        modify_headers(request.headers_mut(), &route.request_headers);
-        let sent = self.send(destination, request);
-        let mut response = match route.timeout {
-            Some(limit) => tokio::time::timeout(limit, sent)
+        let call = self.call(plan, request, &mut rng);
+        let timeout = route.and_then(|r| r.timeout).or(service.request_timeout);
+        let mut response = match timeout {
+            Some(limit) => tokio::time::timeout(limit, call)
                 .await
                 .map_err(|_| Failure::RequestTimeout)??,
-            None => sent.await?,
+            None => call.await?,
         };
-        modify_headers(response.headers_mut(), &route.response_headers);
+        if let Some(route) = route {
+            modify_headers(response.headers_mut(), &route.response_headers);
+        }
         Ok(response)
     }
 
+    /// Calls a destination: attempts, each on an endpoint the balancer picks, retried when
+    /// [`should_retry`] allows it and the budget, the breaker and the bulkheads agree.
+    async fn call(
+        &self,
+        plan: Plan<'_>,
+        mut request: Request<Incoming>,
+        rng: &mut fastrand::Rng,
+    ) -> Result<Response<ResponseBody>, Failure> {
+        let state = &plan.endpoints.state;
+        let _request_slot = state
+            .bulkhead
+            .requests
+            .try_acquire()
+            .ok_or(Failure::Overflow)?;
+        state.budget.record_request(Instant::now());
+        // An upgrade (WebSocket) is one exchange that becomes a tunnel: never repeated.
+        if request.version() <= Version::HTTP_11 && is_upgrade(request.headers()) {
+            let upgrade = hyper::upgrade::on(&mut request);
+            let (parts, body) = request.into_parts();
+            let replay = Replayable::new(body, 0);
+            let attempt = self.begin(&plan, &parts, &replay, &[], 1, rng)?;
+            return self.finish(attempt, Some(upgrade), &plan).await.0;
+        }
+        let (parts, body) = request.into_parts();
+        let grpc = is_grpc(&parts.headers);
+        let hedging = plan.hedge.filter(|_| is_idempotent(&parts.method));
+        let retried = plan.retry.attempts > 0 || hedging.is_some();
+        let replay = Replayable::new(
+            body,
+            if retried {
+                plan.retry.body_limit as usize
+            } else {
+                0
+            },
+        );
+        if let Some(hedge) = hedging.filter(|_| replay.is_empty()) {
+            return self.hedged(&plan, hedge, &parts, &replay, rng).await;
+        }
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut _retry_slot = None;
+        let mut number = 1;
+        loop {
+            let attempt = match self.begin(&plan, &parts, &replay, &tried, number, rng) {
+                Ok(attempt) => attempt,
+                Err(failure) => return Err(failure),
+            };
+            tried.push(attempt.destination.addr);
+            let (result, ended) = self.finish(attempt, None, &plan).await;
+            // Requests nothing was sent for get at least the default number of retries.
+            let limit = match ended {
+                Ended::Failed {
+                    nothing_sent: true, ..
+                } => plan.retry.attempts.max(DEFAULT_RETRY_ATTEMPTS),
+                _ => plan.retry.attempts,
+            };
+            let reason = Some(ended)
+                .filter(|_| number <= limit)
+                .and_then(|ended| should_retry(ended, plan.retry, &parts.method, grpc));
+            let Some(reason) = reason else {
+                return result;
+            };
+            let Some(slot) = self.retry_allowed(state) else {
+                return result;
+            };
+            // The next attempt must be able to send the body again.
+            if !replay.can_replay() {
+                return result;
+            }
+            _retry_slot = Some(slot);
+            state.count_retry(reason);
+            drop(result);
+            let pause = full_jitter(number, plan.retry.backoff_base, plan.retry.backoff_max, rng);
+            tokio::time::sleep(pause).await;
+            number += 1;
+        }
+    }
+
+    /// Whether one more attempt may go to `state`: within the retry budget and the retries
+    /// bulkhead. The slot is held while the attempt is in flight.
+    fn retry_allowed(&self, state: &DestinationState) -> Option<LimitGuard> {
+        let slot = state.bulkhead.retries.try_acquire();
+        if slot.is_none() || !state.budget.try_withdraw(Instant::now()) {
+            state.retries_refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        slot
+    }
+
+    /// Hedged call (idempotent, bodiless): attempts race, a new one after every `delay`
+    /// without an answer (within the budget), and the first response wins; the others are
+    /// cancelled.
+    async fn hedged(
+        &self,
+        plan: &Plan<'_>,
+        hedge: Hedge,
+        parts: &http::request::Parts,
+        replay: &Replayable,
+        rng: &mut fastrand::Rng,
+    ) -> Result<Response<ResponseBody>, Failure> {
+        let state = &plan.endpoints.state;
+        let mut tried = Vec::new();
+        let mut racing = Vec::new();
+        let mut slots = Vec::new();
+        let first = self.begin(plan, parts, replay, &tried, 1, rng)?;
+        tried.push(first.destination.addr);
+        racing.push(Box::pin(self.finish(first, None, plan)));
+        let mut hedges = 0;
+        let mut last = None;
+        loop {
+            let can_hedge = hedges < hedge.max_hedges;
+            let next = tokio::select! {
+                (result, _) = race(&mut racing), if !racing.is_empty() => Next::Answered(Box::new(result)),
+                () = tokio::time::sleep(hedge.delay), if can_hedge => Next::Hedge,
+                else => Next::Exhausted,
+            };
+            match next {
+                Next::Answered(result) => match *result {
+                    Ok(response) => return Ok(response),
+                    // Another attempt is still running: wait for it (or the next hedge).
+                    Err(failure) if !racing.is_empty() => {
+                        last = Some(failure);
+                        continue;
+                    }
+                    Err(failure) if !can_hedge => return Err(failure),
+                    // Every attempt failed and a hedge is left: send it now.
+                    Err(failure) => last = Some(failure),
+                },
+                Next::Hedge => {}
+                Next::Exhausted => return Err(last.unwrap_or(Failure::NoHealthyEndpoint)),
+            }
+            hedges += 1;
+            let attempt = self
+                .retry_allowed(state)
+                .ok_or(Failure::Overflow)
+                .and_then(|slot| {
+                    let attempt = self.begin(plan, parts, replay, &tried, hedges + 1, rng)?;
+                    Ok((slot, attempt))
+                });
+            match attempt {
+                Ok((slot, attempt)) => {
+                    slots.push(slot);
+                    state.count_retry(RetryReason::Hedge);
+                    tried.push(attempt.destination.addr);
+                    racing.push(Box::pin(self.finish(attempt, None, plan)));
+                }
+                Err(failure) if racing.is_empty() => return Err(last.unwrap_or(failure)),
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Prepares attempt `number`: the breaker's permission, an endpoint, the request.
+    fn begin(
+        &self,
+        plan: &Plan<'_>,
+        parts: &http::request::Parts,
+        replay: &Replayable,
+        avoid: &[SocketAddr],
+        number: u32,
+        rng: &mut fastrand::Rng,
+    ) -> Result<Attempt, Failure> {
+        let now = Instant::now();
+        let state = &plan.endpoints.state;
+        let permit = state
+            .breaker
+            .try_acquire(now)
+            .map_err(|_| Failure::CircuitOpen)?;
+        let (destination, pick) = plan
+            .endpoints
+            .pick(avoid, now, rng)
+            .ok_or(Failure::NoHealthyEndpoint)?;
+        let body = replay.attempt().ok_or(Failure::UpstreamReset)?;
+        let mut request = Request::new(body);
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = parts.uri.clone();
+        *request.version_mut() = parts.version;
+        *request.headers_mut() = parts.headers.clone();
+        if number > 1 {
+            request
+                .headers_mut()
+                .insert(ATTEMPT_HEADER, HeaderValue::from(number));
+        }
+        Ok(Attempt {
+            destination,
+            pick,
+            permit,
+            request,
+            started: now,
+        })
+    }
+
+    /// Sends one attempt within the per-try timeout and tells the balancer, outlier
+    /// detection and the breaker how it ended. Dropped before it ends (a hedge lost the
+    /// race), it tells them nothing.
+    async fn finish(
+        &self,
+        attempt: Attempt,
+        upgrade: Option<OnUpgrade>,
+        plan: &Plan<'_>,
+    ) -> (Result<Response<ResponseBody>, Failure>, Ended) {
+        let Attempt {
+            destination,
+            pick,
+            permit,
+            request,
+            started,
+        } = attempt;
+        let state = &plan.endpoints.state;
+        let dial = Dial {
+            connect_timeout: state.config.connect_timeout,
+            connections: Some(&state.bulkhead.connections),
+        };
+        let sent = self.send_with_upgrade(destination, request, upgrade, dial);
+        let result = match plan.per_try_timeout {
+            Some(limit) => tokio::time::timeout(limit, sent)
+                .await
+                .unwrap_or(Err(AttemptError {
+                    failure: Failure::PerTryTimeout,
+                    nothing_sent: false,
+                })),
+            None => sent.await,
+        };
+        let ended = match &result {
+            Ok(response) => Ended::response(response.status(), response.headers()),
+            Err(error) => Ended::Failed {
+                failure: error.failure,
+                nothing_sent: error.nothing_sent,
+            },
+        };
+        let now = Instant::now();
+        if let Some(outcome) = ended.outcome() {
+            pick.finish(outcome, now.duration_since(started), now);
+        }
+        state.breaker.record(permit, ended.succeeded(), now);
+        (result.map_err(|e| e.failure), ended)
+    }
+
     /// Sends the request to `destination` on a pooled connection and returns the response
-    /// head.
-    async fn send(
+    /// head. `downstream_upgrade` is the client's side of an `Upgrade` request: on a 101 the
+    /// two sides are joined.
+    async fn send_with_upgrade(
         &self,
         destination: Destination,
-        mut request: Request<Incoming>,
-    ) -> Result<Response<ResponseBody>, Failure> {
+        mut request: Request<ReplayBody>,
+        downstream_upgrade: Option<OnUpgrade>,
+        dial: Dial<'_>,
+    ) -> Result<Response<ResponseBody>, AttemptError> {
         let addr = destination.addr;
         let downstream_version = request.version();
-        let upgrade = downstream_version <= Version::HTTP_11 && is_upgrade(request.headers());
-        let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+        let upgrade = downstream_upgrade.is_some();
         strip_hop_by_hop(request.headers_mut(), upgrade);
         match self.upstream_protocol(&mut request, &destination, upgrade) {
             Protocol::Http2 => {
@@ -160,11 +526,11 @@ impl Forwarder {
                 *request.version_mut() = Version::HTTP_2;
                 let mut response = self
                     .upstreams
-                    .send_http2(&destination, request)
+                    .send_http2(&destination, request, dial)
                     .await
                     .map_err(|error| {
                         tracing::debug!(%addr, error = %error, "upstream http/2 request failed");
-                        error.failure()
+                        AttemptError::from(&error)
                     })?;
                 *response.version_mut() = downstream_version;
                 Ok(response.map(|body| ResponseBody::upstream(body, None)))
@@ -174,11 +540,11 @@ impl Forwarder {
                 *request.version_mut() = Version::HTTP_11;
                 let (mut response, checkin) = self
                     .upstreams
-                    .send_http1(&destination, request)
+                    .send_http1(&destination, request, dial)
                     .await
                     .map_err(|error| {
                         tracing::debug!(%addr, error = %error, "upstream http/1 request failed");
-                        error.failure()
+                        AttemptError::from(&error)
                     })?;
                 let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
                 strip_hop_by_hop(response.headers_mut(), switched);
@@ -203,7 +569,7 @@ impl Forwarder {
     /// HTTP/1 to the app again; an `Upgrade` cannot ride HTTP/2 and keeps HTTP/1.
     fn upstream_protocol(
         &self,
-        request: &mut Request<Incoming>,
+        request: &mut Request<ReplayBody>,
         destination: &Destination,
         upgrade: bool,
     ) -> Protocol {
@@ -239,11 +605,10 @@ impl Forwarder {
 fn authorize(
     request: &mut Request<Incoming>,
     port: u16,
-    snapshot: &SnapshotHandle,
+    snapshot: &Snapshot,
     client: Option<&SpiffeId>,
 ) -> Result<(), NotForwarded> {
     normalize_path(request)?;
-    let snapshot = snapshot.current();
     if !snapshot.authz.has_rules() {
         return Ok(());
     }
@@ -302,7 +667,7 @@ async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade, drain: DrainSignal) 
 }
 
 /// HTTP/1 upstreams get an origin-form target (`/path?query`) and a `Host` header.
-fn to_origin_form(request: &mut Request<Incoming>) {
+fn to_origin_form<B>(request: &mut Request<B>) {
     let uri = request.uri().clone();
     if let Some(authority) = uri.authority() {
         if !request.headers().contains_key(header::HOST) {
@@ -322,7 +687,7 @@ fn to_origin_form(request: &mut Request<Incoming>) {
 
 /// HTTP/2 upstreams need `:scheme` and `:authority`; an HTTP/2 request already has them, and
 /// any gap is filled from `Host` or, failing that, the upstream address.
-fn to_absolute_form(request: &mut Request<Incoming>, addr: SocketAddr) {
+fn to_absolute_form<B>(request: &mut Request<B>, addr: SocketAddr) {
     let uri = request.uri();
     if uri.scheme().is_some() && uri.authority().is_some() {
         return;

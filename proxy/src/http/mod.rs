@@ -5,6 +5,8 @@ pub mod client;
 pub mod forward;
 pub mod headers;
 pub mod path;
+pub mod replay;
+pub mod retry;
 pub mod server;
 
 use std::pin::Pin;

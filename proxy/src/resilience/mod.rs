@@ -9,11 +9,13 @@
 //! - [`rate_limit`]: a local token bucket.
 //! - [`outlier`]: per-endpoint ejection (consecutive failures, success rate, half-open probes).
 //! - [`balancer`]: picks an endpoint: power of two choices over peak-EWMA, or round-robin.
+//! - [`destination`]: all of the above per destination, kept across configuration snapshots.
 
 pub mod backoff;
 pub mod balancer;
 pub mod breaker;
 pub mod budget;
 pub mod bulkhead;
+pub mod destination;
 pub mod outlier;
 pub mod rate_limit;

@@ -1,7 +1,7 @@
 //! HTTPRoutes: every field against the Gateway API's rules (limits, paths, header names,
 //! regular expressions, durations, weights), references to Services and their ports, and
 //! warnings for what Skiff ignores (Gateway parents, hostnames, redirects, rewrites, mirrors,
-//! extension filters, retries, session persistence).
+//! extension filters, session persistence).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -9,16 +9,20 @@ use std::time::Duration;
 mod filters;
 
 use super::service::Services;
+use super::traffic::{show, MAX_RETRY_ATTEMPTS};
 use super::{fields, has_errors, key_of, Lookup};
 use crate::config::{Backend, PathMatch, RouteMatch, StringMatch, ValueMatch};
 use crate::document::Located;
 use crate::duration::parse_duration;
 use crate::gateway::{
-    HttpBackendRef, HttpRoute, HttpRouteMatch, HttpRouteRule, HttpRouteTimeouts, PathMatchType,
-    ValueMatchType, GATEWAY_GROUP,
+    HttpBackendRef, HttpRoute, HttpRouteMatch, HttpRouteRetry, HttpRouteRule, HttpRouteTimeouts,
+    PathMatchType, ValueMatchType, GATEWAY_GROUP,
 };
 use crate::policy::{self, ObjectKey, RouteParent, RouteRule, Timestamp, Transport};
 use crate::problem::Problem;
+use crate::traffic::{
+    RetryOn, RetryPolicy, DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX, DEFAULT_RETRY_ATTEMPTS,
+};
 
 /// Gateway API limits.
 const MAX_PARENT_REFS: usize = 32;
@@ -332,28 +336,10 @@ impl Checker<'_> {
             Some(timeouts) => self.timeouts(&format!("{path}.timeouts"), timeouts),
             None => (None, None),
         };
-        if let Some(retry) = &rule.retry {
-            let retry_path = format!("{path}.retry");
-            for (k, code) in retry.codes.iter().enumerate() {
-                if !(400..=599).contains(code) {
-                    self.error(
-                        format!("{retry_path}.codes[{k}]"),
-                        format!("{code} must be between 400 and 599"),
-                    );
-                }
-            }
-            if retry.attempts.is_some_and(|a| a < 0) {
-                self.error(format!("{retry_path}.attempts"), "must be ≥ 0");
-            }
-            if let Some(backoff) = &retry.backoff {
-                self.duration(&format!("{retry_path}.backoff"), backoff);
-            }
-            self.warn(
-                retry_path,
-                "retry is not implemented yet and is ignored; Skiff retries only requests the \
-                 upstream cannot have seen",
-            );
-        }
+        let retry = rule
+            .retry
+            .as_ref()
+            .map(|retry| self.retry(&format!("{path}.retry"), retry));
         if let Some(persistence) = &rule.session_persistence {
             let persistence_path = format!("{path}.sessionPersistence");
             for (field, value) in [
@@ -378,6 +364,52 @@ impl Checker<'_> {
             backends,
             timeout,
             backend_timeout,
+            retry,
+        }
+    }
+
+    /// The experimental `retry` (GEP-1731): `codes` are statuses retried on, `attempts`
+    /// defaults to [`DEFAULT_RETRY_ATTEMPTS`], `backoff` is the back-off base (the cap stays
+    /// the default, or the base when that is longer).
+    fn retry(&mut self, path: &str, retry: &HttpRouteRetry) -> RetryPolicy {
+        let mut on = Vec::new();
+        for (k, code) in retry.codes.iter().enumerate() {
+            match u16::try_from(*code) {
+                Ok(status) if (400..=599).contains(&status) => {
+                    if !on.contains(&RetryOn::Status(status)) {
+                        on.push(RetryOn::Status(status));
+                    }
+                }
+                _ => self.error(
+                    format!("{path}.codes[{k}]"),
+                    format!("{code} must be between 400 and 599"),
+                ),
+            }
+        }
+        let attempts = match retry.attempts {
+            None => DEFAULT_RETRY_ATTEMPTS,
+            Some(attempts) => match u32::try_from(attempts) {
+                Ok(attempts) if attempts <= MAX_RETRY_ATTEMPTS => attempts,
+                _ => {
+                    self.error(
+                        format!("{path}.attempts"),
+                        format!("must be between 0 and {MAX_RETRY_ATTEMPTS}, not {attempts}"),
+                    );
+                    0
+                }
+            },
+        };
+        let backoff_base = retry
+            .backoff
+            .as_deref()
+            .and_then(|text| self.duration(&format!("{path}.backoff"), text))
+            .unwrap_or(DEFAULT_BACKOFF_BASE);
+        RetryPolicy {
+            attempts,
+            on,
+            backoff_base,
+            backoff_max: DEFAULT_BACKOFF_MAX.max(backoff_base),
+            ..RetryPolicy::default()
         }
     }
 
@@ -628,15 +660,5 @@ pub(super) fn ports_of(service: &policy::Service) -> String {
         "none".to_string()
     } else {
         ports.join(", ")
-    }
-}
-
-/// A duration the way users write them.
-fn show(duration: Duration) -> String {
-    let millis = duration.as_millis();
-    if millis % 1000 != 0 {
-        format!("{millis}ms")
-    } else {
-        format!("{}s", millis / 1000)
     }
 }
