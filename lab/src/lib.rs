@@ -45,6 +45,7 @@
 
 pub mod control;
 pub mod counters;
+pub mod fault;
 pub mod mesh;
 pub mod metrics;
 pub mod pod;

@@ -109,6 +109,11 @@ async fn serve_protocol<S>(
             Err(NotForwarded::Denied(denial)) => metrics.record_denial(denial.label()),
         },
         Protocol::Http1 | Protocol::Http2 => {
+            // Outbound, the service's TrafficPolicy decides how long an idle connection lives.
+            let mut limits = proxy.settings.http.clone();
+            if let Upstream::Service { target, .. } = &upstream {
+                limits.idle_timeout = target.endpoints.state.config.idle_timeout;
+            }
             let forwarder = Arc::new(Forwarder {
                 upstream,
                 protocol,
@@ -118,14 +123,8 @@ async fn serve_protocol<S>(
                 drain: proxy.drain.clone(),
                 in_flight: proxy.in_flight.clone(),
             });
-            crate::http::server::serve(
-                stream,
-                protocol,
-                forwarder,
-                &proxy.settings.http,
-                proxy.drain.clone(),
-            )
-            .await;
+            crate::http::server::serve(stream, protocol, forwarder, &limits, proxy.drain.clone())
+                .await;
         }
     }
 }
