@@ -239,9 +239,6 @@ impl Forwarder {
             return Err(Failure::RateLimited.into());
         }
         let mut rng = fastrand::Rng::new();
-        if let Some(fault) = &policy.fault {
-            inject(fault, &mut rng).await?;
-        }
         if let Some(route) = route {
             modify_headers(request.headers_mut(), &route.request_headers);
         }
@@ -255,7 +252,13 @@ impl Forwarder {
                 .or(retry.per_try_timeout),
             hedge: policy.hedge,
         };
-        let call = self.call(plan, request, &mut rng);
+        // An injected delay stands for a slow upstream: the request timeout covers it.
+        let call = async {
+            if let Some(fault) = &policy.fault {
+                inject(fault, &mut rng).await?;
+            }
+            self.call(plan, request, &mut rng).await
+        };
         let timeout = route.and_then(|r| r.timeout).or(service.request_timeout);
         let mut response = match timeout {
             Some(limit) => tokio::time::timeout(limit, call)
@@ -311,10 +314,7 @@ impl Forwarder {
         let mut _retry_slot = None;
         let mut number = 1;
         loop {
-            let attempt = match self.begin(&plan, &parts, &replay, &tried, number, rng) {
-                Ok(attempt) => attempt,
-                Err(failure) => return Err(failure),
-            };
+            let attempt = self.begin(&plan, &parts, &replay, &tried, number, rng)?;
             tried.push(attempt.destination.addr);
             let (result, ended) = self.finish(attempt, None, &plan).await;
             // Requests nothing was sent for get at least the default number of retries.
