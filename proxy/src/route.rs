@@ -29,8 +29,8 @@ pub struct Route {
     cursor: AtomicUsize,
     /// `timeouts.request`: the whole call, retries included.
     pub timeout: Option<Duration>,
-    /// `timeouts.backendRequest`: one attempt (it overrides the retry policy's per-try
-    /// timeout).
+    /// One attempt's timeout: the rule's retry policy's, else its `timeouts.backendRequest`,
+    /// else the service's retry policy's.
     pub per_try_timeout: Option<Duration>,
     /// Retries, rate limit, hedging and faults: the rule's own, each unset one from the
     /// service's TrafficPolicy.
@@ -172,6 +172,14 @@ impl Route {
             fault: route.policy.fault.or(defaults.fault),
         };
         let rate_limit = policy.rate_limit.map(|limit| bucket(&id, &limit));
+        // The rule's own retry policy already carries its `backendRequest` (unless it set a
+        // per-try timeout itself); with the service's policy, the rule's `backendRequest` wins.
+        let per_try_timeout = match &route.policy.retry {
+            Some(own) => own.per_try_timeout.or(route.backend_timeout),
+            None => route
+                .backend_timeout
+                .or(defaults.retry.as_ref().and_then(|r| r.per_try_timeout)),
+        };
         Ok(Route {
             id,
             matches,
@@ -180,7 +188,7 @@ impl Route {
             backends,
             cursor: AtomicUsize::new(0),
             timeout: route.timeout,
-            per_try_timeout: route.backend_timeout,
+            per_try_timeout,
             policy,
             rate_limit,
         })

@@ -119,12 +119,17 @@ pub struct Checkin {
     pool: Arc<Upstreams>,
     key: PoolKey,
     sender: http1::SendRequest<RequestBody>,
+    /// The destination's connection slot, held while the connection serves a request; an
+    /// idle pooled connection holds none, so it never starves other endpoints.
+    _permit: Option<ConnectionPermit>,
 }
 
 impl Checkin {
     /// The response body ended cleanly: the connection may serve another request.
     pub fn release(self) {
-        let Checkin { pool, key, sender } = self;
+        let Checkin {
+            pool, key, sender, ..
+        } = self;
         if sender.is_closed() {
             return;
         }
@@ -203,10 +208,15 @@ impl Upstreams {
     ) -> Result<(http::Response<Incoming>, Checkin), SendError> {
         let key = self.key(destination);
         let addr = key.addr;
+        let permit = connection_slot(dial, addr).await?;
+        let fresh = Dial {
+            connections: None,
+            ..dial
+        };
         loop {
             let (mut sender, reused) = match self.checkout_http1(&key) {
                 Some(sender) => (sender, true),
-                None => (self.connect_http1(&key, dial).await?, false),
+                None => (self.connect_http1(&key, fresh).await?, false),
             };
             if sender.ready().await.is_err() && reused {
                 continue;
@@ -219,6 +229,7 @@ impl Upstreams {
                             pool: self.clone(),
                             key,
                             sender,
+                            _permit: permit,
                         },
                     ))
                 }
@@ -236,7 +247,8 @@ impl Upstreams {
     }
 
     /// Sends a request on the shared HTTP/2 connection to `destination`, opening it if
-    /// needed.
+    /// needed. A pooled connection found unusable is replaced once; HTTP/2 takes no
+    /// connection slot (one connection per endpoint; its bulkhead is requests in flight).
     pub async fn send_http2(
         self: &Arc<Self>,
         destination: &Destination,
@@ -249,7 +261,11 @@ impl Upstreams {
             let connections = self.http2.lock().unwrap_or_else(|p| p.into_inner());
             connections.get(&key).filter(|s| !s.is_closed()).cloned()
         };
-        let (mut sender, reused) = match existing {
+        let dial = Dial {
+            connections: None,
+            ..dial
+        };
+        let (mut sender, mut reused) = match existing {
             Some(sender) => (sender, true),
             None => (self.connect_http2(&key, dial).await?, false),
         };
@@ -259,6 +275,7 @@ impl Upstreams {
                 Err(source) if reused => {
                     tracing::debug!(%addr, %source, "pooled http/2 connection unusable, reconnecting");
                     sender = self.connect_http2(&key, dial).await?;
+                    reused = false;
                     continue;
                 }
                 Err(source) => return Err(SendError::Exchange { addr, source }),
@@ -269,6 +286,7 @@ impl Upstreams {
                     Some(unsent) if reused => {
                         request = unsent;
                         sender = self.connect_http2(&key, dial).await?;
+                        reused = false;
                     }
                     _ => {
                         return Err(SendError::Exchange {
@@ -301,15 +319,7 @@ impl Upstreams {
         dial: Dial<'_>,
     ) -> Result<(UpstreamStream, Option<ConnectionPermit>), ConnectError> {
         let addr = destination.addr;
-        let permit = match dial.connections {
-            Some(limit) => Some(
-                limit
-                    .acquire()
-                    .await
-                    .map_err(|_| ConnectError::Overflow { addr })?,
-            ),
-            None => None,
-        };
+        let permit = connection_slot(dial, addr).await?;
         let timeout = dial.connect_timeout;
         let stream = crate::tcp::connect(addr, timeout).await?;
         let (Some(identity), Some(expected)) = (&self.identity, &destination.identity) else {
@@ -341,10 +351,8 @@ impl Upstreams {
             identity: key.peer.clone(),
         };
         match self.connect(&destination, ALPN_HTTP1, dial).await? {
-            (UpstreamStream::Plain(stream), permit) => {
-                handshake_http1(stream, key.addr, permit).await
-            }
-            (UpstreamStream::Mesh(tls), permit) => handshake_http1(tls, key.addr, permit).await,
+            (UpstreamStream::Plain(stream), _) => handshake_http1(stream, key.addr).await,
+            (UpstreamStream::Mesh(tls), _) => handshake_http1(tls, key.addr).await,
         }
     }
 
@@ -358,10 +366,8 @@ impl Upstreams {
             identity: key.peer.clone(),
         };
         let sender = match self.connect(&destination, ALPN_HTTP2, dial).await? {
-            (UpstreamStream::Plain(stream), permit) => {
-                handshake_http2(stream, key.addr, permit).await?
-            }
-            (UpstreamStream::Mesh(tls), permit) => handshake_http2(tls, key.addr, permit).await?,
+            (UpstreamStream::Plain(stream), _) => handshake_http2(stream, key.addr).await?,
+            (UpstreamStream::Mesh(tls), _) => handshake_http2(tls, key.addr).await?,
         };
         self.http2
             .lock()
@@ -371,17 +377,30 @@ impl Upstreams {
     }
 }
 
+/// A slot of the destination's connection bulkhead, waited for at most the connect timeout
+/// (a request waiting longer is refused with `overflow`, as one over the pending limit is).
+async fn connection_slot(
+    dial: Dial<'_>,
+    addr: SocketAddr,
+) -> Result<Option<ConnectionPermit>, ConnectError> {
+    let Some(limit) = dial.connections else {
+        return Ok(None);
+    };
+    match tokio::time::timeout(dial.connect_timeout, limit.acquire()).await {
+        Ok(Ok(permit)) => Ok(Some(permit)),
+        Ok(Err(_)) | Err(_) => Err(ConnectError::Overflow { addr }),
+    }
+}
+
 /// An upstream connection: plaintext, or mTLS to a peer sidecar.
 pub enum UpstreamStream {
     Plain(TcpStream),
     Mesh(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
-/// The connection's bulkhead permit (if any) lives as long as the connection's task.
 async fn handshake_http1<IO>(
     io: IO,
     addr: SocketAddr,
-    permit: Option<ConnectionPermit>,
 ) -> Result<http1::SendRequest<RequestBody>, ConnectError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -391,7 +410,6 @@ where
         .await
         .map_err(|source| ConnectError::Handshake { addr, source })?;
     tokio::spawn(async move {
-        let _permit = permit;
         if let Err(error) = connection.with_upgrades().await {
             tracing::debug!(%addr, %error, "upstream http/1 connection ended");
         }
@@ -402,7 +420,6 @@ where
 async fn handshake_http2<IO>(
     io: IO,
     addr: SocketAddr,
-    permit: Option<ConnectionPermit>,
 ) -> Result<http2::SendRequest<RequestBody>, ConnectError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -415,7 +432,6 @@ where
         .await
         .map_err(|source| ConnectError::Handshake { addr, source })?;
     tokio::spawn(async move {
-        let _permit = permit;
         if let Err(error) = connection.await {
             tracing::debug!(%addr, %error, "upstream http/2 connection ended");
         }

@@ -35,6 +35,7 @@ use crate::resilience::balancer::Pick;
 use crate::resilience::breaker::BreakerPermit;
 use crate::resilience::bulkhead::{Limit, LimitGuard};
 use crate::resilience::destination::{DestinationState, RetryReason};
+use crate::resilience::outlier::Outcome;
 use crate::route::modify_headers;
 
 /// Where a connection's requests go.
@@ -84,6 +85,9 @@ struct Plan<'a> {
     endpoints: &'a EndpointSet,
     retry: &'a RetryPolicy,
     per_try_timeout: Option<Duration>,
+    /// When the request timeout ends the call: an attempt still running then ends as a
+    /// `request-timeout` failure of its endpoint.
+    deadline: Option<Instant>,
     hedge: Option<Hedge>,
 }
 
@@ -114,7 +118,7 @@ impl From<&SendError> for AttemptError {
 
 /// What a hedged call does next.
 enum Next {
-    Answered(Box<Result<Response<ResponseBody>, Failure>>),
+    Answered(Box<(Result<Response<ResponseBody>, Failure>, Ended)>),
     Hedge,
     Exhausted,
 }
@@ -244,12 +248,13 @@ impl Forwarder {
         }
         let service = &target.endpoints.state.config;
         let retry = policy.retry.as_ref().unwrap_or(&service.retry);
+        let timeout = route.and_then(|r| r.timeout).or(service.request_timeout);
+        let deadline = timeout.map(|limit| Instant::now() + limit);
         let plan = Plan {
             endpoints,
             retry,
-            per_try_timeout: route
-                .and_then(|r| r.per_try_timeout)
-                .or(retry.per_try_timeout),
+            per_try_timeout: route.map_or(retry.per_try_timeout, |r| r.per_try_timeout),
+            deadline,
             hedge: policy.hedge,
         };
         // An injected delay stands for a slow upstream: the request timeout covers it.
@@ -259,9 +264,10 @@ impl Forwarder {
             }
             self.call(plan, request, &mut rng).await
         };
-        let timeout = route.and_then(|r| r.timeout).or(service.request_timeout);
-        let mut response = match timeout {
-            Some(limit) => tokio::time::timeout(limit, call)
+        // Attempts end themselves at the deadline (so their endpoint learns of it); this
+        // bounds the fault delay and back-off sleeps.
+        let mut response = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, call)
                 .await
                 .map_err(|_| Failure::RequestTimeout)??,
             None => call.await?,
@@ -298,17 +304,10 @@ impl Forwarder {
         let (parts, body) = request.into_parts();
         let grpc = is_grpc(&parts.headers);
         let hedging = plan.hedge.filter(|_| is_idempotent(&parts.method));
-        let retried = plan.retry.attempts > 0 || hedging.is_some();
-        let replay = Replayable::new(
-            body,
-            if retried {
-                plan.retry.body_limit as usize
-            } else {
-                0
-            },
-        );
+        // Kept even without configured retries: a refused stream is retried automatically.
+        let replay = Replayable::new(body, plan.retry.body_limit as usize);
         if let Some(hedge) = hedging.filter(|_| replay.is_empty()) {
-            return self.hedged(&plan, hedge, &parts, &replay, rng).await;
+            return self.hedged(&plan, hedge, &parts, grpc, &replay, rng).await;
         }
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut _retry_slot = None;
@@ -330,13 +329,13 @@ impl Forwarder {
             let Some(reason) = reason else {
                 return result;
             };
-            let Some(slot) = self.retry_allowed(state) else {
-                return result;
-            };
             // The next attempt must be able to send the body again.
             if !replay.can_replay() {
                 return result;
             }
+            let Some(slot) = self.retry_allowed(state) else {
+                return result;
+            };
             _retry_slot = Some(slot);
             state.count_retry(reason);
             drop(result);
@@ -358,13 +357,16 @@ impl Forwarder {
     }
 
     /// Hedged call (idempotent, bodiless): attempts race, a new one after every `delay`
-    /// without an answer (within the budget), and the first response wins; the others are
-    /// cancelled.
+    /// without an answer (within the budget), and the first response the retry policy would
+    /// not retry wins; the others are cancelled. An attempt that fails, or answers what the
+    /// policy retries, lets the next hedge go at once; the last answer stands when none is
+    /// left.
     async fn hedged(
         &self,
         plan: &Plan<'_>,
         hedge: Hedge,
         parts: &http::request::Parts,
+        grpc: bool,
         replay: &Replayable,
         rng: &mut fastrand::Rng,
     ) -> Result<Response<ResponseBody>, Failure> {
@@ -380,24 +382,31 @@ impl Forwarder {
         loop {
             let can_hedge = hedges < hedge.max_hedges;
             let next = tokio::select! {
-                (result, _) = race(&mut racing), if !racing.is_empty() => Next::Answered(Box::new(result)),
+                answered = race(&mut racing), if !racing.is_empty() => Next::Answered(Box::new(answered)),
                 () = tokio::time::sleep(hedge.delay), if can_hedge => Next::Hedge,
                 else => Next::Exhausted,
             };
             match next {
-                Next::Answered(result) => match *result {
-                    Ok(response) => return Ok(response),
+                Next::Answered(answered) => {
+                    let (result, ended) = *answered;
+                    let final_answer = result.is_ok()
+                        && should_retry(ended, plan.retry, &parts.method, grpc).is_none();
+                    if final_answer {
+                        return result;
+                    }
                     // Another attempt is still running: wait for it (or the next hedge).
-                    Err(failure) if !racing.is_empty() => {
-                        last = Some(failure);
+                    if !racing.is_empty() {
+                        last = Some(result);
                         continue;
                     }
-                    Err(failure) if !can_hedge => return Err(failure),
-                    // Every attempt failed and a hedge is left: send it now.
-                    Err(failure) => last = Some(failure),
-                },
+                    if !can_hedge {
+                        return result;
+                    }
+                    // Every attempt is over and a hedge is left: send it now.
+                    last = Some(result);
+                }
                 Next::Hedge => {}
-                Next::Exhausted => return Err(last.unwrap_or(Failure::NoHealthyEndpoint)),
+                Next::Exhausted => return last.unwrap_or(Err(Failure::NoHealthyEndpoint)),
             }
             hedges += 1;
             let attempt = self
@@ -414,7 +423,7 @@ impl Forwarder {
                     tried.push(attempt.destination.addr);
                     racing.push(Box::pin(self.finish(attempt, None, plan)));
                 }
-                Err(failure) if racing.is_empty() => return Err(last.unwrap_or(failure)),
+                Err(failure) if racing.is_empty() => return last.unwrap_or(Err(failure)),
                 Err(_) => {}
             }
         }
@@ -446,6 +455,8 @@ impl Forwarder {
         *request.uri_mut() = parts.uri.clone();
         *request.version_mut() = parts.version;
         *request.headers_mut() = parts.headers.clone();
+        // Only this proxy numbers attempts.
+        request.headers_mut().remove(ATTEMPT_HEADER);
         if number > 1 {
             request
                 .headers_mut()
@@ -482,13 +493,25 @@ impl Forwarder {
             connections: Some(&state.bulkhead.connections),
         };
         let sent = self.send_with_upgrade(destination, request, upgrade, dial);
-        let result = match plan.per_try_timeout {
-            Some(limit) => tokio::time::timeout(limit, sent)
-                .await
-                .unwrap_or(Err(AttemptError {
-                    failure: Failure::PerTryTimeout,
-                    nothing_sent: false,
-                })),
+        // Whichever ends first: this attempt's own timeout, or the whole request's.
+        let per_try = plan.per_try_timeout.map(|limit| started + limit);
+        let end = match (per_try, plan.deadline) {
+            (Some(per_try), Some(deadline)) if deadline <= per_try => {
+                Some((deadline, Failure::RequestTimeout))
+            }
+            (Some(per_try), _) => Some((per_try, Failure::PerTryTimeout)),
+            (None, Some(deadline)) => Some((deadline, Failure::RequestTimeout)),
+            (None, None) => None,
+        };
+        let result = match end {
+            Some((at, failure)) => {
+                tokio::time::timeout_at(at, sent)
+                    .await
+                    .unwrap_or(Err(AttemptError {
+                        failure,
+                        nothing_sent: false,
+                    }))
+            }
             None => sent.await,
         };
         let ended = match &result {
@@ -499,10 +522,13 @@ impl Forwarder {
             },
         };
         let now = Instant::now();
+        // Refused by our own bulkhead: nothing to learn about the endpoint or the service.
         if let Some(outcome) = ended.outcome() {
             pick.finish(outcome, now.duration_since(started), now);
+            state
+                .breaker
+                .record(permit, outcome == Outcome::Success, now);
         }
-        state.breaker.record(permit, ended.succeeded(), now);
         (result.map_err(|e| e.failure), ended)
     }
 

@@ -42,10 +42,21 @@ impl Ended {
         }
     }
 
-    /// What outlier detection and the balancer learn about the endpoint; `None` when the
-    /// attempt said nothing about it (refused by our own bulkhead).
+    /// What outlier detection, the balancer and the breaker learn about the endpoint;
+    /// `None` when the attempt said nothing about it (refused by our own bulkhead). A gRPC
+    /// status in a trailers-only answer counts as the HTTP status it stands for (Envoy's
+    /// mapping): UNAVAILABLE and DEADLINE_EXCEEDED as gateway failures, UNKNOWN, INTERNAL and
+    /// DATA_LOSS as server errors.
     pub fn outcome(self) -> Option<Outcome> {
         match self {
+            Ended::Response {
+                grpc_status: Some(4 | 14),
+                ..
+            } => Some(Outcome::GatewayFailure),
+            Ended::Response {
+                grpc_status: Some(2 | 13 | 15),
+                ..
+            } => Some(Outcome::ServerError),
             Ended::Response { status, .. } if is_gateway_status(status) => {
                 Some(Outcome::GatewayFailure)
             }
@@ -59,11 +70,6 @@ impl Ended {
             } => None,
             Ended::Failed { .. } => Some(Outcome::GatewayFailure),
         }
-    }
-
-    /// Whether the circuit breaker counts the attempt as a success.
-    pub fn succeeded(self) -> bool {
-        matches!(self.outcome(), Some(Outcome::Success) | None)
     }
 }
 
@@ -243,8 +249,15 @@ mod tests {
             Some(Outcome::GatewayFailure)
         );
         assert_eq!(failed(Failure::Overflow, true).outcome(), None);
-        assert!(!status(500).succeeded());
-        assert!(status(429).succeeded());
+        assert_eq!(status(429).outcome(), Some(Outcome::Success));
+        let grpc = |code| Ended::Response {
+            status: StatusCode::OK,
+            grpc_status: Some(code),
+        };
+        assert_eq!(grpc(0).outcome(), Some(Outcome::Success));
+        assert_eq!(grpc(5).outcome(), Some(Outcome::Success), "NOT_FOUND");
+        assert_eq!(grpc(14).outcome(), Some(Outcome::GatewayFailure));
+        assert_eq!(grpc(13).outcome(), Some(Outcome::ServerError));
     }
 
     #[test]
