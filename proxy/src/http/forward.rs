@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use http::request::Parts;
 use http::{header, uri, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -32,7 +33,6 @@ use crate::metrics::ServiceMetrics;
 use crate::policy::{Destination, EndpointSet, ServiceTarget, Snapshot, SnapshotHandle};
 use crate::resilience::backoff::full_jitter;
 use crate::resilience::balancer::Pick;
-use crate::resilience::breaker::BreakerPermit;
 use crate::resilience::bulkhead::{Limit, LimitGuard};
 use crate::resilience::destination::{DestinationState, RetryReason};
 use crate::resilience::outlier::Outcome;
@@ -91,12 +91,10 @@ struct Plan<'a> {
     hedge: Option<Hedge>,
 }
 
-/// One attempt, ready to go: the endpoint (in flight in the balancer), the breaker's
-/// permission, and the request.
+/// One attempt, ready to go: the endpoint (in flight in the balancer) and the request.
 struct Attempt {
     destination: Destination,
     pick: Pick,
-    permit: BreakerPermit,
     request: Request<ReplayBody>,
     started: Instant,
 }
@@ -137,6 +135,31 @@ async fn race<F: Future + Unpin>(racing: &mut Vec<F>) -> F::Output {
     .await
 }
 
+/// What a proxy-made answer reads of a request body no attempt read, so that the client's
+/// HTTP/1 connection can carry its next request: a client that sends more, or more slowly,
+/// gets `Connection: close` instead.
+const DRAIN_LIMIT: usize = 256 * 1024;
+const DRAIN_TIME: Duration = Duration::from_millis(500);
+
+/// Reads and discards `body` within [`DRAIN_LIMIT`] and [`DRAIN_TIME`]; whether it ended.
+async fn drain(mut body: Incoming) -> bool {
+    use http_body_util::BodyExt;
+    let read = async {
+        let mut read = 0;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return false };
+            read += frame.data_ref().map_or(0, |d| d.len());
+            if read > DRAIN_LIMIT {
+                return false;
+            }
+        }
+        true
+    };
+    tokio::time::timeout(DRAIN_TIME, read)
+        .await
+        .unwrap_or(false)
+}
+
 /// Fault injection: delays and/or aborts a share of requests before they are sent.
 async fn inject(fault: &Fault, rng: &mut fastrand::Rng) -> Result<(), Failure> {
     if let Some(delay) = fault.delay {
@@ -154,17 +177,28 @@ async fn inject(fault: &Fault, rng: &mut fastrand::Rng) -> Result<(), Failure> {
 
 impl Forwarder {
     /// Answers one request. Never fails: a failure becomes a response with `x-skiff-error`.
-    pub async fn forward(&self, request: Request<Incoming>) -> Response<ResponseBody> {
+    pub async fn forward(&self, mut request: Request<Incoming>) -> Response<ResponseBody> {
         let started = Instant::now();
         let _in_flight = self.activity.request();
+        let upgrade = (request.version() <= Version::HTTP_11 && is_upgrade(request.headers()))
+            .then(|| hyper::upgrade::on(&mut request));
+        let (parts, body) = request.into_parts();
+        // Held here, not by the attempts, so that what no attempt read can be drained below.
+        let body = Replayable::new(body, 0);
         // Beyond the proxy's cap a request is refused at once rather than queued behind the
         // others: a fast 503 lets the caller go elsewhere.
-        let shed = self.in_flight.try_acquire();
-        let result = match shed {
-            Some(_admitted) => self.route_and_forward(request).await,
+        let result = match self.in_flight.try_acquire() {
+            Some(admitted) => {
+                self.route_and_forward(parts, &body, upgrade)
+                    .await
+                    .map(|mut response| {
+                        response.body_mut().hold(admitted);
+                        response
+                    })
+            }
             None => Err(Failure::Overloaded.into()),
         };
-        let response = match result {
+        let mut response = match result {
             Ok(response) => response,
             Err(NotForwarded::Failed(failure)) => {
                 self.metrics.record_failure(failure);
@@ -176,6 +210,15 @@ impl Forwarder {
                 denied_response(denial.reason())
             }
         };
+        if let Some(unread) = body.take_unread() {
+            if !drain(unread).await {
+                // The client is still sending: end the connection after this response
+                // rather than leave it with bytes the next request would be read from.
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+        }
         self.metrics
             .record_response(response.status().as_u16(), started.elapsed());
         response
@@ -185,7 +228,9 @@ impl Forwarder {
     /// faults, header changes and timeouts, and makes the call.
     async fn route_and_forward(
         &self,
-        mut request: Request<Incoming>,
+        mut parts: Parts,
+        body: &Replayable,
+        upgrade: Option<OnUpgrade>,
     ) -> Result<Response<ResponseBody>, NotForwarded> {
         let target = match &self.upstream {
             Upstream::Local {
@@ -194,7 +239,7 @@ impl Forwarder {
                 client,
             } => {
                 let snapshot = snapshot.current();
-                authorize(&mut request, addr.port(), &snapshot, client.as_deref())?;
+                authorize(&mut parts, addr.port(), &snapshot, client.as_deref())?;
                 if let Some(bucket) = &snapshot.inbound_rate_limit {
                     if !bucket.try_take(Instant::now()) {
                         return Err(Failure::RateLimited.into());
@@ -202,10 +247,8 @@ impl Forwarder {
                 }
                 let destination = Destination::plaintext(*addr);
                 let dial = self.upstreams.local_dial();
-                let upgrade = (request.version() <= Version::HTTP_11
-                    && is_upgrade(request.headers()))
-                .then(|| hyper::upgrade::on(&mut request));
-                let request = request.map(ReplayBody::streamed);
+                let body = body.attempt().ok_or(Failure::UpstreamReset)?;
+                let request = Request::from_parts(parts, body);
                 return self
                     .send_with_upgrade(destination, request, upgrade, dial)
                     .await
@@ -224,13 +267,11 @@ impl Forwarder {
         let (endpoints, route) = if target.routes.is_empty() {
             (&target.endpoints, None)
         } else {
-            let (parts, body) = request.into_parts();
             let route = target
                 .routes
                 .iter()
                 .find(|r| r.accepts(&parts))
                 .ok_or(Failure::NoRoute)?;
-            request = Request::from_parts(parts, body);
             let Some(backend) = route.pick_backend() else {
                 tracing::debug!(route = %route.id, "every backend of the route has weight zero");
                 return Err(Failure::NoBackend.into());
@@ -244,7 +285,7 @@ impl Forwarder {
         }
         let mut rng = fastrand::Rng::new();
         if let Some(route) = route {
-            modify_headers(request.headers_mut(), &route.request_headers);
+            modify_headers(&mut parts.headers, &route.request_headers);
         }
         let service = &target.endpoints.state.config;
         let retry = policy.retry.as_ref().unwrap_or(&service.retry);
@@ -262,7 +303,7 @@ impl Forwarder {
             if let Some(fault) = &policy.fault {
                 inject(fault, &mut rng).await?;
             }
-            self.call(plan, request, &mut rng).await
+            self.call(plan, parts, body, upgrade, &mut rng).await
         };
         // Attempts end themselves at the deadline (so their endpoint learns of it); this
         // bounds the fault delay and back-off sleeps.
@@ -278,44 +319,78 @@ impl Forwarder {
         Ok(response)
     }
 
-    /// Calls a destination: attempts, each on an endpoint the balancer picks, retried when
-    /// [`should_retry`] allows it and the budget, the breaker and the bulkheads agree.
+    /// Calls a destination: within its bulkhead and with its breaker's permission, attempts,
+    /// each on an endpoint the balancer picks, retried when [`should_retry`] allows it and the
+    /// budget and the retries bulkhead agree. The breaker learns how the call ended, not each
+    /// attempt: a failure a retry made good is no failure of the service.
     async fn call(
         &self,
         plan: Plan<'_>,
-        mut request: Request<Incoming>,
+        parts: Parts,
+        body: &Replayable,
+        upgrade: Option<OnUpgrade>,
         rng: &mut fastrand::Rng,
     ) -> Result<Response<ResponseBody>, Failure> {
         let state = &plan.endpoints.state;
-        let _request_slot = state
+        let request_slot = state
             .bulkhead
             .requests
             .try_acquire()
             .ok_or(Failure::Overflow)?;
+        let permit = state
+            .breaker
+            .try_acquire(Instant::now())
+            .map_err(|_| Failure::CircuitOpen)?;
         state.budget.record_request(Instant::now());
-        // An upgrade (WebSocket) is one exchange that becomes a tunnel: never repeated.
-        if request.version() <= Version::HTTP_11 && is_upgrade(request.headers()) {
-            let upgrade = hyper::upgrade::on(&mut request);
-            let (parts, body) = request.into_parts();
-            let replay = Replayable::new(body, 0);
-            let attempt = self.begin(&plan, &parts, &replay, &[], 1, rng)?;
-            return self.finish(attempt, Some(upgrade), &plan).await.0;
+        body.set_limit(plan.retry.body_limit as usize);
+        let (result, ended) = match upgrade {
+            // An upgrade (WebSocket) is one exchange that becomes a tunnel: never repeated.
+            Some(upgrade) => match self.begin(&plan, &parts, body, &[], 1, rng) {
+                Ok(attempt) => {
+                    let (result, ended) = self.finish(attempt, Some(upgrade), &plan).await;
+                    (result, Some(ended))
+                }
+                Err(failure) => (Err(failure), None),
+            },
+            None => self.attempts(&plan, &parts, body, rng).await,
+        };
+        // Refused by our own bulkhead: nothing to learn about the service.
+        if let Some(outcome) = ended.and_then(Ended::outcome) {
+            state
+                .breaker
+                .record(permit, outcome == Outcome::Success, Instant::now());
         }
-        let (parts, body) = request.into_parts();
+        // A streamed response is a request in flight until its body ends.
+        let mut response = result?;
+        response.body_mut().hold(request_slot);
+        Ok(response)
+    }
+
+    /// The attempts of one call, and how the last one ended (`None`: none was sent).
+    async fn attempts(
+        &self,
+        plan: &Plan<'_>,
+        parts: &Parts,
+        body: &Replayable,
+        rng: &mut fastrand::Rng,
+    ) -> (Result<Response<ResponseBody>, Failure>, Option<Ended>) {
+        let state = &plan.endpoints.state;
         let grpc = is_grpc(&parts.headers);
-        let hedging = plan.hedge.filter(|_| is_idempotent(&parts.method));
-        // Kept even without configured retries: a refused stream is retried automatically.
-        let replay = Replayable::new(body, plan.retry.body_limit as usize);
-        if let Some(hedge) = hedging.filter(|_| replay.is_empty()) {
-            return self.hedged(&plan, hedge, &parts, grpc, &replay, rng).await;
+        if let Some(hedge) = plan.hedge {
+            if is_idempotent(&parts.method) && body.is_empty() {
+                return self.hedged(plan, hedge, parts, grpc, body, rng).await;
+            }
         }
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut _retry_slot = None;
         let mut number = 1;
         loop {
-            let attempt = self.begin(&plan, &parts, &replay, &tried, number, rng)?;
+            let attempt = match self.begin(plan, parts, body, &tried, number, rng) {
+                Ok(attempt) => attempt,
+                Err(failure) => return (Err(failure), None),
+            };
             tried.push(attempt.destination.addr);
-            let (result, ended) = self.finish(attempt, None, &plan).await;
+            let (result, ended) = self.finish(attempt, None, plan).await;
             // Requests nothing was sent for get at least the default number of retries.
             let limit = match ended {
                 Ended::Failed {
@@ -326,15 +401,12 @@ impl Forwarder {
             let reason = Some(ended)
                 .filter(|_| number <= limit)
                 .and_then(|ended| should_retry(ended, plan.retry, &parts.method, grpc));
-            let Some(reason) = reason else {
-                return result;
-            };
-            // The next attempt must be able to send the body again.
-            if !replay.can_replay() {
-                return result;
-            }
-            let Some(slot) = self.retry_allowed(state) else {
-                return result;
+            // The next attempt must be able to send the body again, within the budget.
+            let retry = reason
+                .filter(|_| body.can_replay())
+                .and_then(|reason| Some((reason, self.retry_allowed(state)?)));
+            let Some((reason, slot)) = retry else {
+                return (result, Some(ended));
             };
             _retry_slot = Some(slot);
             state.count_retry(reason);
@@ -360,21 +432,24 @@ impl Forwarder {
     /// without an answer (within the budget), and the first response the retry policy would
     /// not retry wins; the others are cancelled. An attempt that fails, or answers what the
     /// policy retries, lets the next hedge go at once; the last answer stands when none is
-    /// left.
+    /// left. Returns how the answer's attempt ended, as [`Forwarder::attempts`] does.
     async fn hedged(
         &self,
         plan: &Plan<'_>,
         hedge: Hedge,
-        parts: &http::request::Parts,
+        parts: &Parts,
         grpc: bool,
-        replay: &Replayable,
+        body: &Replayable,
         rng: &mut fastrand::Rng,
-    ) -> Result<Response<ResponseBody>, Failure> {
+    ) -> (Result<Response<ResponseBody>, Failure>, Option<Ended>) {
         let state = &plan.endpoints.state;
         let mut tried = Vec::new();
         let mut racing = Vec::new();
         let mut slots = Vec::new();
-        let first = self.begin(plan, parts, replay, &tried, 1, rng)?;
+        let first = match self.begin(plan, parts, body, &tried, 1, rng) {
+            Ok(first) => first,
+            Err(failure) => return (Err(failure), None),
+        };
         tried.push(first.destination.addr);
         racing.push(Box::pin(self.finish(first, None, plan)));
         let mut hedges = 0;
@@ -391,29 +466,25 @@ impl Forwarder {
                     let (result, ended) = *answered;
                     let final_answer = result.is_ok()
                         && should_retry(ended, plan.retry, &parts.method, grpc).is_none();
-                    if final_answer {
-                        return result;
+                    if final_answer || (racing.is_empty() && !can_hedge) {
+                        return (result, Some(ended));
                     }
+                    last = Some((result, Some(ended)));
                     // Another attempt is still running: wait for it (or the next hedge).
                     if !racing.is_empty() {
-                        last = Some(result);
                         continue;
                     }
-                    if !can_hedge {
-                        return result;
-                    }
                     // Every attempt is over and a hedge is left: send it now.
-                    last = Some(result);
                 }
                 Next::Hedge => {}
-                Next::Exhausted => return last.unwrap_or(Err(Failure::NoHealthyEndpoint)),
+                Next::Exhausted => return last.unwrap_or((Err(Failure::NoHealthyEndpoint), None)),
             }
             hedges += 1;
             let attempt = self
                 .retry_allowed(state)
                 .ok_or(Failure::Overflow)
                 .and_then(|slot| {
-                    let attempt = self.begin(plan, parts, replay, &tried, hedges + 1, rng)?;
+                    let attempt = self.begin(plan, parts, body, &tried, hedges + 1, rng)?;
                     Ok((slot, attempt))
                 });
             match attempt {
@@ -423,28 +494,23 @@ impl Forwarder {
                     tried.push(attempt.destination.addr);
                     racing.push(Box::pin(self.finish(attempt, None, plan)));
                 }
-                Err(failure) if racing.is_empty() => return last.unwrap_or(Err(failure)),
+                Err(failure) if racing.is_empty() => return last.unwrap_or((Err(failure), None)),
                 Err(_) => {}
             }
         }
     }
 
-    /// Prepares attempt `number`: the breaker's permission, an endpoint, the request.
+    /// Prepares attempt `number`: an endpoint and the request.
     fn begin(
         &self,
         plan: &Plan<'_>,
-        parts: &http::request::Parts,
+        parts: &Parts,
         replay: &Replayable,
         avoid: &[SocketAddr],
         number: u32,
         rng: &mut fastrand::Rng,
     ) -> Result<Attempt, Failure> {
         let now = Instant::now();
-        let state = &plan.endpoints.state;
-        let permit = state
-            .breaker
-            .try_acquire(now)
-            .map_err(|_| Failure::CircuitOpen)?;
         let (destination, pick) = plan
             .endpoints
             .pick(avoid, now, rng)
@@ -465,15 +531,14 @@ impl Forwarder {
         Ok(Attempt {
             destination,
             pick,
-            permit,
             request,
             started: now,
         })
     }
 
-    /// Sends one attempt within the per-try timeout and tells the balancer, outlier
-    /// detection and the breaker how it ended. Dropped before it ends (a hedge lost the
-    /// race), it tells them nothing.
+    /// Sends one attempt within the per-try timeout (and the request's deadline) and tells
+    /// the balancer and outlier detection how it ended. Dropped before it ends (a hedge lost
+    /// the race), it tells them nothing.
     async fn finish(
         &self,
         attempt: Attempt,
@@ -483,7 +548,6 @@ impl Forwarder {
         let Attempt {
             destination,
             pick,
-            permit,
             request,
             started,
         } = attempt;
@@ -522,12 +586,9 @@ impl Forwarder {
             },
         };
         let now = Instant::now();
-        // Refused by our own bulkhead: nothing to learn about the endpoint or the service.
+        // Refused by our own bulkhead: nothing to learn about the endpoint.
         if let Some(outcome) = ended.outcome() {
             pick.finish(outcome, now.duration_since(started), now);
-            state
-                .breaker
-                .record(permit, outcome == Outcome::Success, now);
         }
         (result.map_err(|e| e.failure), ended)
     }
@@ -629,7 +690,7 @@ impl Forwarder {
 /// Normalises the request path (the app gets exactly the bytes that were authorised) and
 /// applies the workload's inbound policy.
 fn authorize(
-    request: &mut Request<Incoming>,
+    request: &mut Parts,
     port: u16,
     snapshot: &Snapshot,
     client: Option<&SpiffeId>,
@@ -640,7 +701,7 @@ fn authorize(
     }
     match snapshot
         .authz
-        .decide_request(client, port, request.method(), request.uri().path())
+        .decide_request(client, port, &request.method, request.uri.path())
     {
         Verdict::Allow => Ok(()),
         Verdict::Deny(denial) => Err(NotForwarded::Denied(denial)),
@@ -648,15 +709,15 @@ fn authorize(
 }
 
 /// Replaces the request's path with its normal form, or refuses a path that has none.
-fn normalize_path(request: &mut Request<Incoming>) -> Result<(), Failure> {
+fn normalize_path(request: &mut Parts) -> Result<(), Failure> {
     // A CONNECT tunnel to the app would carry requests no rule sees; `*` only means
     // something to OPTIONS.
-    if request.method() == Method::CONNECT {
+    if request.method == Method::CONNECT {
         return Err(Failure::InvalidPath);
     }
-    let uri = request.uri();
+    let uri = &request.uri;
     let path = uri.path();
-    if path == "*" && request.method() == Method::OPTIONS {
+    if path == "*" && request.method == Method::OPTIONS {
         return Ok(());
     }
     let normal = super::path::normalize(path).map_err(|error| {
@@ -670,7 +731,7 @@ fn normalize_path(request: &mut Request<Incoming>) -> Result<(), Failure> {
         };
         let mut parts = uri.clone().into_parts();
         parts.path_and_query = Some(path_and_query.parse().map_err(|_| Failure::InvalidPath)?);
-        *request.uri_mut() = Uri::from_parts(parts).map_err(|_| Failure::InvalidPath)?;
+        request.uri = Uri::from_parts(parts).map_err(|_| Failure::InvalidPath)?;
     }
     Ok(())
 }

@@ -21,6 +21,9 @@ pub struct Replayable<B = Incoming> {
 struct Shared<B> {
     /// The downstream body, while no attempt has read from it.
     original: Option<B>,
+    /// The rest of a body an attempt read in part and then dropped: not replayable, but
+    /// drained before the proxy answers itself, so the client's connection stays usable.
+    leftover: Option<B>,
     /// The whole body, once an attempt read all of it within the limit.
     recorded: Option<Recorded>,
     limit: usize,
@@ -44,6 +47,7 @@ impl<B: Body<Data = Bytes> + Unpin> Replayable<B> {
         Replayable {
             shared: Arc::new(Mutex::new(Shared {
                 original,
+                leftover: None,
                 recorded,
                 limit,
             })),
@@ -58,6 +62,18 @@ impl<B: Body<Data = Bytes> + Unpin> Replayable<B> {
             .as_ref()
             .is_some_and(|r| r.chunks.is_empty() && r.trailers.is_none())
             && shared.original.is_none()
+    }
+
+    /// Keeps up to `limit` bytes from now on (before the first attempt reads the body).
+    pub fn set_limit(&self, limit: usize) {
+        self.lock().limit = limit;
+    }
+
+    /// The part of the downstream body no attempt has read (all of it, or the rest of a
+    /// body an attempt dropped part-way), taken for draining; `None` when it was read whole.
+    pub fn take_unread(&self) -> Option<B> {
+        let mut shared = self.lock();
+        shared.original.take().or_else(|| shared.leftover.take())
     }
 
     /// Whether [`Replayable::attempt`] would give a body now.
@@ -77,6 +93,7 @@ impl<B: Body<Data = Bytes> + Unpin> Replayable<B> {
                 copy: Some(Recorded::default()),
                 copied: 0,
                 limit: shared.limit,
+                ended: false,
             }));
         }
         let recorded = shared.recorded.clone()?;
@@ -112,6 +129,8 @@ pub struct Live<B> {
     copy: Option<Recorded>,
     copied: usize,
     limit: usize,
+    /// The body went through to its end.
+    ended: bool,
 }
 
 impl<B: Body<Data = Bytes> + Unpin> ReplayBody<B> {
@@ -147,6 +166,7 @@ impl<B: Body> Live<B> {
 impl<B> Live<B> {
     /// The whole body went through: the copy, if it fit, is what the next attempt sends.
     fn publish(&mut self) {
+        self.ended = true;
         if let Some(copy) = self.copy.take() {
             let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
             shared.recorded = Some(copy);
@@ -164,6 +184,8 @@ impl<B> Drop for Live<B> {
         let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
         if !self.taken {
             shared.original = Some(body);
+        } else if !self.ended {
+            shared.leftover = Some(body);
         }
     }
 }
