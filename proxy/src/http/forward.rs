@@ -180,8 +180,9 @@ impl Forwarder {
     pub async fn forward(&self, mut request: Request<Incoming>) -> Response<ResponseBody> {
         let started = Instant::now();
         let _in_flight = self.activity.request();
-        let upgrade = (request.version() <= Version::HTTP_11 && is_upgrade(request.headers()))
-            .then(|| hyper::upgrade::on(&mut request));
+        let http1 = request.version() <= Version::HTTP_11;
+        let upgrade =
+            (http1 && is_upgrade(request.headers())).then(|| hyper::upgrade::on(&mut request));
         let (parts, body) = request.into_parts();
         // Held here, not by the attempts, so that what no attempt read can be drained below.
         let body = Replayable::new(body, 0);
@@ -210,7 +211,9 @@ impl Forwarder {
                 denied_response(denial.reason())
             }
         };
-        if let Some(unread) = body.take_unread() {
+        // HTTP/2 ends an unread stream on its own; HTTP/1 would read the rest as the next
+        // request, so hyper closes the connection, abruptly, unless the body is drained.
+        if let Some(unread) = body.take_unread().filter(|_| http1) {
             if !drain(unread).await {
                 // The client is still sending: end the connection after this response
                 // rather than leave it with bytes the next request would be read from.
