@@ -189,14 +189,14 @@ impl Forwarder {
         // Beyond the proxy's cap a request is refused at once rather than queued behind the
         // others: a fast 503 lets the caller go elsewhere.
         let result = match self.in_flight.try_acquire() {
-            Some(admitted) => {
-                self.route_and_forward(parts, &body, upgrade)
-                    .await
-                    .map(|mut response| {
-                        response.body_mut().hold(admitted);
-                        response
-                    })
-            }
+            // Boxed: hyper keeps room for this future in every connection, idle or not, and
+            // the call path (retries, hedging, pooled sends) is kilobytes large.
+            Some(admitted) => Box::pin(self.route_and_forward(parts, &body, upgrade))
+                .await
+                .map(|mut response| {
+                    response.body_mut().hold(admitted);
+                    response
+                }),
             None => Err(Failure::Overloaded.into()),
         };
         let mut response = match result {
