@@ -1,6 +1,7 @@
 //! HTTP proxying: `server` accepts requests from the downstream connection, `forward` carries
 //! each one to an upstream picked from the plan, `client` pools upstream connections.
 
+pub mod call;
 pub mod client;
 pub mod forward;
 pub mod headers;
