@@ -23,7 +23,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
-use skiff_api::config::{InboundPort, InboundSecurity, ProxyConfig, WorkloadRef};
+use skiff_api::config::{InboundPort, InboundSecurity, ProxyConfig, RateLimit, WorkloadRef};
 use skiff_api::policy::{ObjectKey, Transport};
 use skiff_api::stream::{ControlMessage, FrameDecoder, MAX_CONFIG_FRAME_BYTES};
 use skiff_api::Policy;
@@ -104,7 +104,8 @@ const VERSION_PLACEHOLDER: &str = "0000000000000000";
 
 impl View {
     /// The frame of `workload`'s view: `ProxyConfig`'s fields in the order `version`,
-    /// `workload`, `inbound`, `inboundSecurity`, `services` (JSON objects are unordered; `services` goes last so
+    /// `workload`, `inbound`, `inboundSecurity`, `inboundRateLimit`, `services` (JSON objects
+    /// are unordered; `services` goes last so
     /// that the shared buffer ends the frame, and the version first so that a reader finds it
     /// at once), with `services` already serialised. The version fingerprints the head (with
     /// a placeholder version) and the services' fingerprint.
@@ -113,12 +114,14 @@ impl View {
         services: &Services,
         inbound: &[InboundPort],
         security: &InboundSecurity,
+        rate_limit: Option<&RateLimit>,
     ) -> View {
         let rest = format!(
-            "\"workload\":{},\"inbound\":{},\"inboundSecurity\":{},\"services\":",
+            "\"workload\":{},\"inbound\":{},\"inboundSecurity\":{},\"inboundRateLimit\":{},\"services\":",
             to_json(workload),
             to_json(inbound),
-            to_json(security)
+            to_json(security),
+            to_json(&rate_limit)
         );
         let head = |version: &str| format!("{{\"config\":{{\"version\":\"{version}\",{rest}");
         let mut fingerprint = Fingerprint::new();
@@ -267,7 +270,14 @@ impl Snapshot {
             let services = self.services(&workload.namespace);
             let inbound = self.inbound(&me, &found);
             let security = skiff_api::view::inbound_security(&self.policy, workload);
-            View::assemble(workload, &services, &inbound, &security)
+            let rate_limit = skiff_api::view::inbound_rate_limit(&self.policy, workload);
+            View::assemble(
+                workload,
+                &services,
+                &inbound,
+                &security,
+                rate_limit.as_ref(),
+            )
         })
     }
 

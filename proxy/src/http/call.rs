@@ -145,7 +145,8 @@ impl Forwarder {
         let grpc = is_grpc(&parts.headers);
         if let Some(hedge) = plan.hedge {
             if is_idempotent(&parts.method) && body.is_empty() {
-                return self.hedged(plan, hedge, parts, grpc, body, rng).await;
+                // Boxed: rare, and it would make every call's future larger.
+                return Box::pin(self.hedged(plan, hedge, parts, grpc, body, rng)).await;
             }
         }
         let mut tried: Vec<SocketAddr> = Vec::new();

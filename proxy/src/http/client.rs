@@ -216,7 +216,9 @@ impl Upstreams {
         loop {
             let (mut sender, reused) = match self.checkout_http1(&key) {
                 Some(sender) => (sender, true),
-                None => (self.connect_http1(&key, fresh).await?, false),
+                // Boxed, here and for HTTP/2: the (mTLS) connect future is kilobytes, and
+                // every request's future would otherwise carry (and copy) it.
+                None => (Box::pin(self.connect_http1(&key, fresh)).await?, false),
             };
             if sender.ready().await.is_err() && reused {
                 continue;
@@ -267,14 +269,14 @@ impl Upstreams {
         };
         let (mut sender, mut reused) = match existing {
             Some(sender) => (sender, true),
-            None => (self.connect_http2(&key, dial).await?, false),
+            None => (Box::pin(self.connect_http2(&key, dial)).await?, false),
         };
         loop {
             let sent = match sender.ready().await {
                 Ok(()) => sender.try_send_request(request).await,
                 Err(source) if reused => {
                     tracing::debug!(%addr, %source, "pooled http/2 connection unusable, reconnecting");
-                    sender = self.connect_http2(&key, dial).await?;
+                    sender = Box::pin(self.connect_http2(&key, dial)).await?;
                     reused = false;
                     continue;
                 }
@@ -285,7 +287,7 @@ impl Upstreams {
                 Err(mut error) => match error.take_message() {
                     Some(unsent) if reused => {
                         request = unsent;
-                        sender = self.connect_http2(&key, dial).await?;
+                        sender = Box::pin(self.connect_http2(&key, dial)).await?;
                         reused = false;
                     }
                     _ => {
