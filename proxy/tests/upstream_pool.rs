@@ -1,6 +1,7 @@
 //! The upstream pool against real local servers: the connection bulkhead never lets pooled
-//! connections to one endpoint starve another, and a broken pooled HTTP/2 connection is
-//! replaced at most once per request. (Found in review of the resilience work.)
+//! connections to one endpoint starve another, a broken pooled HTTP/2 connection is replaced
+//! at most once per request, and connections to endpoints that left the configuration are
+//! forgotten.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -202,4 +203,45 @@ async fn a_broken_pooled_http2_connection_is_replaced_once_not_forever() {
         Ok(result) => println!("ended: ok={} after {n} connections", result.is_ok()),
         Err(_) => panic!("one attempt still running after 2 s, {n} connections opened"),
     }
+}
+
+/// An endpoint that left the configuration loses its pooled HTTP/2 connection: the next
+/// request to that address opens a new one, while a kept endpoint's connection is reused.
+#[tokio::test]
+async fn retain_forgets_pooled_connections_to_departed_endpoints() {
+    let ((a, accepted_a), (b, accepted_b)) = (server(true).await, server(true).await);
+    let upstreams = Upstreams::new(ClientSettings::default(), None, Arc::default());
+    let dial = Dial {
+        connect_timeout: Duration::from_secs(1),
+        connections: None,
+    };
+    let send = |addr: SocketAddr| {
+        let upstreams = upstreams.clone();
+        async move {
+            let response = upstreams
+                .send_http2(
+                    &Destination::plaintext(addr),
+                    request(addr, http::Version::HTTP_2).await,
+                    dial,
+                )
+                .await
+                .unwrap();
+            let _ = response.into_body().collect().await.unwrap();
+        }
+    };
+    send(a).await;
+    send(b).await;
+    upstreams.retain(|addr| addr == b);
+    send(a).await;
+    send(b).await;
+    assert_eq!(
+        accepted_a.load(Ordering::Relaxed),
+        2,
+        "a's connection was forgotten"
+    );
+    assert_eq!(
+        accepted_b.load(Ordering::Relaxed),
+        1,
+        "b's connection was kept"
+    );
 }
