@@ -243,9 +243,11 @@ impl Default for CircuitBreaker {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConnectionLimits {
-    /// Upstream connections open at once. Default 1024.
+    /// Upstream connections in use at once (opaque TCP, and HTTP/1 serving a request; an
+    /// idle pooled connection holds no slot, HTTP/2 takes none). Default 1024.
     pub max_connections: u32,
-    /// Requests waiting for a connection. Default 1024.
+    /// Requests waiting for a connection slot (each waits at most the connect timeout).
+    /// Default 1024.
     pub max_pending_requests: u32,
     /// Requests in flight. Default 1024.
     pub max_requests: u32,
@@ -294,8 +296,8 @@ pub struct RateLimit {
 }
 
 /// Hedged requests (idempotent, bodiless requests only): when no response came after
-/// `delay`, a second attempt goes to another endpoint and the first response wins. Hedges
-/// spend the retry budget.
+/// `delay`, a second attempt goes to another endpoint and the first response the retry policy
+/// would not retry wins. Hedges spend the retry budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Hedge {
