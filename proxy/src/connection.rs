@@ -208,14 +208,7 @@ async fn copy_to_service<S>(
                 pick.finish(Outcome::Success, now.duration_since(started), now);
                 state.breaker.record(permit, true, now);
                 let idle = state.config.idle_timeout;
-                let ended = match upstream {
-                    UpstreamStream::Plain(upstream) => {
-                        crate::tcp::copy(downstream, upstream, idle, activity).await
-                    }
-                    UpstreamStream::Mesh(upstream) => {
-                        crate::tcp::copy(downstream, upstream, idle, activity).await
-                    }
-                };
+                let ended = copy_both_ways(downstream, upstream, idle, activity).await;
                 if let Some(failure) = ended {
                     metrics.record_failure(failure);
                 }
@@ -249,12 +242,7 @@ pub async fn copy_to<S>(
     let idle_timeout = proxy.settings.tcp_idle_timeout;
     let dial = proxy.upstreams.local_dial();
     let ended = match proxy.upstreams.connect(destination, ALPN_TCP, dial).await {
-        Ok((UpstreamStream::Plain(upstream), _)) => {
-            crate::tcp::copy(downstream, upstream, idle_timeout, activity).await
-        }
-        Ok((UpstreamStream::Mesh(upstream), _)) => {
-            crate::tcp::copy(downstream, upstream, idle_timeout, activity).await
-        }
+        Ok((upstream, _)) => copy_both_ways(downstream, upstream, idle_timeout, activity).await,
         Err(error) => {
             tracing::debug!(%error, "tcp upstream connect failed");
             Some(error.failure())
@@ -262,5 +250,26 @@ pub async fn copy_to<S>(
     };
     if let Some(failure) = ended {
         metrics.record_failure(failure);
+    }
+}
+
+/// [`crate::tcp::copy`] to an upstream of either kind; [`Failure::IdleTimeout`] when the
+/// connection was closed for idleness.
+async fn copy_both_ways<S>(
+    downstream: &mut Tracked<S>,
+    upstream: UpstreamStream,
+    idle_timeout: std::time::Duration,
+    activity: &Activity,
+) -> Option<Failure>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match upstream {
+        UpstreamStream::Plain(upstream) => {
+            crate::tcp::copy(downstream, upstream, idle_timeout, activity).await
+        }
+        UpstreamStream::Mesh(upstream) => {
+            crate::tcp::copy(downstream, upstream, idle_timeout, activity).await
+        }
     }
 }
