@@ -17,7 +17,7 @@ use skiff_api::identity::SpiffeId;
 
 use crate::error::Failure;
 use crate::resilience::breaker::BreakerState;
-use crate::resilience::destination::{Destinations, RetryReason};
+use crate::resilience::destination::{DestinationState, Destinations, RetryReason};
 use crate::resilience::outlier::EjectionReason;
 
 /// Which way the traffic flows relative to this pod.
@@ -384,127 +384,101 @@ impl Metrics {
 pub fn render_destinations(destinations: &Destinations, now: Instant) -> String {
     let live = destinations.live();
     let mut out = String::with_capacity(1024);
-    header(
-        &mut out,
+    let mut family =
+        |name: &str, kind: &str, help: &str, samples: &dyn Fn(&DestinationState) -> Vec<Sample>| {
+            header(&mut out, name, kind, help);
+            for state in &live {
+                let destination = escape(&state.label);
+                for (label, value) in samples(state) {
+                    let _ = match label {
+                        Some((key, label)) => writeln!(
+                            out,
+                            "{name}{{destination=\"{destination}\",{key}=\"{label}\"}} {value}"
+                        ),
+                        None => writeln!(out, "{name}{{destination=\"{destination}\"}} {value}"),
+                    };
+                }
+            }
+        };
+    family(
         "skiff_retries_total",
         "counter",
         "Attempts after the first, by reason: nothing-sent (connect failure, refused stream), configured (a retry condition matched), hedge.",
+        &|state| {
+            RetryReason::ALL
+                .iter()
+                .map(|r| (Some(("reason", r.as_str())), state.retries(*r)))
+                .collect()
+        },
     );
-    for state in &live {
-        let label = escape(&state.label);
-        for reason in RetryReason::ALL {
-            let _ = writeln!(
-                out,
-                "skiff_retries_total{{destination=\"{label}\",reason=\"{}\"}} {}",
-                reason.as_str(),
-                state.retries(reason)
-            );
-        }
-    }
-    header(
-        &mut out,
+    family(
         "skiff_retries_refused_total",
         "counter",
         "Retries and hedges not sent because the retry budget or the retries bulkhead was spent.",
+        &|state| vec![(None, state.retries_refused.load(Ordering::Relaxed))],
     );
-    for state in &live {
-        let _ = writeln!(
-            out,
-            "skiff_retries_refused_total{{destination=\"{}\"}} {}",
-            escape(&state.label),
-            state.retries_refused.load(Ordering::Relaxed)
-        );
-    }
-    header(
-        &mut out,
+    family(
         "skiff_outlier_ejections_total",
         "counter",
         "Endpoints ejected, by reason.",
+        &|state| {
+            EjectionReason::ALL
+                .iter()
+                .map(|r| (Some(("reason", r.as_str())), state.endpoints.ejections(*r)))
+                .collect()
+        },
     );
-    for state in &live {
-        let label = escape(&state.label);
-        for reason in EjectionReason::ALL {
-            let _ = writeln!(
-                out,
-                "skiff_outlier_ejections_total{{destination=\"{label}\",reason=\"{}\"}} {}",
-                reason.as_str(),
-                state.endpoints.ejections(reason)
-            );
-        }
-    }
-    header(
-        &mut out,
+    family(
         "skiff_ejected_endpoints",
         "gauge",
         "Endpoints ejected now.",
+        &|state| vec![(None, state.endpoints.ejected(now) as u64)],
     );
-    for state in &live {
-        let _ = writeln!(
-            out,
-            "skiff_ejected_endpoints{{destination=\"{}\"}} {}",
-            escape(&state.label),
-            state.endpoints.ejected(now)
-        );
-    }
-    header(
-        &mut out,
+    family(
         "skiff_circuit_breaker_state",
         "gauge",
         "The destination's circuit breaker: 0 closed, 1 open, 2 half-open.",
+        &|state| vec![(None, u64::from(state.breaker.state(now).gauge()))],
     );
-    for state in &live {
-        let _ = writeln!(
-            out,
-            "skiff_circuit_breaker_state{{destination=\"{}\"}} {}",
-            escape(&state.label),
-            state.breaker.state(now).gauge()
-        );
-    }
-    header(
-        &mut out,
+    family(
         "skiff_circuit_breaker_transitions_total",
         "counter",
         "Times the breaker entered each state.",
+        &|state| {
+            [
+                BreakerState::Open,
+                BreakerState::HalfOpen,
+                BreakerState::Closed,
+            ]
+            .iter()
+            .map(|to| {
+                (
+                    Some(("state", to.as_str())),
+                    state.breaker.transitions_into(*to),
+                )
+            })
+            .collect()
+        },
     );
-    for state in &live {
-        let label = escape(&state.label);
-        for to in [
-            BreakerState::Open,
-            BreakerState::HalfOpen,
-            BreakerState::Closed,
-        ] {
-            let _ = writeln!(
-                out,
-                "skiff_circuit_breaker_transitions_total{{destination=\"{label}\",state=\"{}\"}} {}",
-                to.as_str(),
-                state.breaker.transitions_into(to)
-            );
-        }
-    }
-    header(
-        &mut out,
+    family(
         "skiff_destination_in_flight",
         "gauge",
         "Bulkhead use: requests and retries in flight, open connections, requests waiting for a connection.",
+        &|state| {
+            let bulkhead = &state.bulkhead;
+            vec![
+                (Some(("kind", "requests")), u64::from(bulkhead.requests.current())),
+                (Some(("kind", "retries")), u64::from(bulkhead.retries.current())),
+                (Some(("kind", "connections")), u64::from(bulkhead.connections.open())),
+                (Some(("kind", "pending")), u64::from(bulkhead.connections.pending())),
+            ]
+        },
     );
-    for state in &live {
-        let label = escape(&state.label);
-        let bulkhead = &state.bulkhead;
-        let uses = [
-            ("requests", bulkhead.requests.current()),
-            ("retries", bulkhead.retries.current()),
-            ("connections", bulkhead.connections.open()),
-            ("pending", bulkhead.connections.pending()),
-        ];
-        for (kind, value) in uses {
-            let _ = writeln!(
-                out,
-                "skiff_destination_in_flight{{destination=\"{label}\",kind=\"{kind}\"}} {value}"
-            );
-        }
-    }
     out
 }
+
+/// One sample of a destination metric: an optional extra label (name, value) and the value.
+type Sample = (Option<(&'static str, &'static str)>, u64);
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
@@ -561,5 +535,29 @@ mod tests {
     #[test]
     fn label_values_are_escaped() {
         assert_eq!(escape("a\"b\\c"), "a\\\"b\\\\c");
+    }
+
+    #[test]
+    fn destinations_render_every_family_with_their_labels() {
+        let destinations = Destinations::default();
+        let now = Instant::now();
+        let state = destinations.destination("shop/web", 80, &Default::default(), now);
+        state.count_retry(RetryReason::Hedge);
+        let text = render_destinations(&destinations, now);
+        for line in [
+            "skiff_retries_total{destination=\"shop/web:80\",reason=\"hedge\"} 1",
+            "skiff_retries_total{destination=\"shop/web:80\",reason=\"nothing-sent\"} 0",
+            "skiff_retries_refused_total{destination=\"shop/web:80\"} 0",
+            "skiff_ejected_endpoints{destination=\"shop/web:80\"} 0",
+            "skiff_circuit_breaker_state{destination=\"shop/web:80\"} 0",
+            "skiff_circuit_breaker_transitions_total{destination=\"shop/web:80\",state=\"open\"} 0",
+            "skiff_destination_in_flight{destination=\"shop/web:80\",kind=\"pending\"} 0",
+            "# TYPE skiff_outlier_ejections_total counter",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
     }
 }
