@@ -2,8 +2,10 @@
 
 Every request to any path except /__fault is a "business" request. For each one the server
 decides, from its fault settings, whether to fail it, delay it or reset the connection, and
-appends one JSON line to the ledger (--ledger FILE) *before* answering, flushed, so a test can
-check afterwards that no POST was executed twice, even when the server is killed right after.
+appends one JSON line to the ledger (--ledger FILE) once it has read the request and *before*
+any delay or answer, flushed, so a test can check afterwards that no POST was executed twice
+(even when the server is killed right after), and sees a request the proxy gave up on while
+the server was delaying it (a per-try timeout, a lost hedge).
 
 Fault settings (flags at start, changed at runtime by POST /__fault with a JSON object of the
 same names, underscores for dashes; GET /__fault shows them and the counters):
@@ -22,11 +24,13 @@ grows), so "50" alternates exactly and a test never depends on luck; --seed N dr
 random from a seeded generator instead. Failing and resetting count independently.
 
 A request's id is its x-request-id header, else its path. Ledger lines:
-  {"id", "method", "path", "backend", "outcome", "executed", "body_bytes", "t"}
-where outcome is the status answered ("200", "503"), "reset-after-request", "reset-mid-response"
-or "reset-mid-body", and executed is false only for mid-body resets (the handler never had the
-whole request, so nothing was done). Answers carry `x-backend: NAME` and a JSON body
-{"backend", "id", "method", "path", "body_bytes"}.
+  {"id", "method", "path", "backend", "attempt", "outcome", "executed", "body_bytes", "t"}
+where attempt is the x-skiff-attempt header the proxy puts on a retried or hedged request (null
+on a first attempt), outcome is the status answered ("200", "503"), "reset-after-request",
+"reset-mid-response" or "reset-mid-body", and executed is false only for mid-body resets (the
+handler never had the whole request, so nothing was done). Answers carry `x-backend: NAME` and
+a JSON body {"backend", "id", "method", "path", "attempt", "body_bytes"}. A backend that fails
+or delays everything (--fail-percent 100, --delay-ms D) is one behaviour per pod.
 """
 
 import argparse
@@ -182,7 +186,8 @@ class Handler(BaseHTTPRequestHandler):
         for name, value in extra:
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def control(self):
         faults = self.server.faults
@@ -202,11 +207,13 @@ class Handler(BaseHTTPRequestHandler):
             self.control()
             return
         request_id = self.headers.get("x-request-id") or self.path
+        attempt = self.headers.get("x-skiff-attempt")
         entry = {
             "id": request_id,
             "method": self.command,
             "path": self.path,
             "backend": self.server.name,
+            "attempt": int(attempt) if attempt and attempt.isdigit() else attempt,
         }
         reset, fail, delay = self.server.faults.decide()
         if reset == "mid-body":
@@ -217,18 +224,19 @@ class Handler(BaseHTTPRequestHandler):
             self.reset()
             return
         body_bytes = self.read_body()
-        if delay:
-            time.sleep(delay)
         status = fail or 200
         outcome = "reset-" + reset if reset else str(status)
         entry.update(outcome=outcome, executed=True, body_bytes=body_bytes)
-        # The commit point: recorded (and flushed) before a byte of the answer leaves.
+        # The commit point: recorded (and flushed) before the delay and the answer.
         self.server.ledger.record(dict(entry, t=time.time()))
+        if delay:
+            time.sleep(delay)
         payload = {
             "backend": self.server.name,
             "id": request_id,
             "method": self.command,
             "path": self.path,
+            "attempt": entry["attempt"],
             "body_bytes": body_bytes,
         }
         if reset == "after-request":
@@ -246,7 +254,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         self.reply(status, payload)
 
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = handle_any
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = handle_any
 
 
 class FaultServer(ThreadingHTTPServer):

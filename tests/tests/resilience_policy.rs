@@ -4,7 +4,7 @@
 //! hedging, the circuit breaker's open answer and load shedding.
 //!
 //! Every test builds its own mesh with [`Lab`]: a client pod whose sidecar reads the policy
-//! files (local mode), and backends running `backend_policy.py`, each answering every request
+//! files (local mode), and backends running `fault_server.py`, each answering every request
 //! with one status after one delay and recording (in a ledger file) what reached it, with its
 //! `x-skiff-attempt` header and body size. The client is curl; every answer is read as
 //! (status, `x-skiff-error`, `x-backend`). Assertions are on counts and headers, with bounds
@@ -35,8 +35,9 @@ struct Lab {
     client: Pod,
 }
 
-/// A pod running `backend_policy.py` on [`APP_PORT`], without a sidecar (the caller's sidecar
-/// applies TrafficPolicies); its ledger lists every request that reached it.
+/// A pod running `fault_server.py` on [`APP_PORT`] (failing all of its requests or none),
+/// without a sidecar (the caller's sidecar applies TrafficPolicies); its ledger lists every
+/// request that reached it.
 struct Backend {
     pod: Pod,
     name: String,
@@ -73,14 +74,15 @@ impl Lab {
     fn backend(&self, name: &str, status: u16, delay_ms: u32) -> Backend {
         let pod = self.mesh.pod(name);
         let ledger = self.mesh.dir().join(format!("ledger-{name}.jsonl"));
-        let (port, status, delay) = (
-            APP_PORT.to_string(),
-            status.to_string(),
-            delay_ms.to_string(),
-        );
+        let (port, delay) = (APP_PORT.to_string(), delay_ms.to_string());
+        // Every request fails with `status`, or none does.
+        let (fail_percent, fail_status) = match status {
+            200 => ("0".to_string(), "503".to_string()),
+            status => ("100".to_string(), status.to_string()),
+        };
         pod.spawn_python(
             "backend",
-            "backend_policy.py",
+            "fault_server.py",
             &[
                 "--port",
                 &port,
@@ -88,8 +90,10 @@ impl Lab {
                 name,
                 "--ledger",
                 ledger.to_str().unwrap(),
-                "--status",
-                &status,
+                "--fail-percent",
+                &fail_percent,
+                "--fail-status",
+                &fail_status,
                 "--delay-ms",
                 &delay,
             ],
