@@ -320,7 +320,9 @@ async fn the_certificate_is_presented_while_it_is_valid_and_not_after() {
     let tls = ControlPlaneTls::try_new(std::slice::from_ref(&a.cert), control_plane_id()).unwrap();
     // Already switched to B; the proxy's certificate is from A, with the bundle A + B.
     let mut plane = FakeControlPlane::start(&b, DEFAULT_CONTROL_PLANE_IDENTITY, &a).await;
-    let lifetime = Duration::from_secs(1);
+    // Long enough that the first handshake happens while it is valid even on a loaded CI
+    // machine (1 s was not); the test then waits for it to expire.
+    let lifetime = Duration::from_secs(4);
     let identity =
         Arc::new(Identity::try_new(a.credentials(&web_id(), lifetime, &[&a, &b])).unwrap());
 
